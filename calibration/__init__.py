@@ -1,0 +1,1 @@
+"""INT8 calibration of the encoders (see README: not built yet)."""

@@ -1,0 +1,1 @@
+"""Networks and their execution: model definitions, training, ONNX export, backends and the engine cache."""

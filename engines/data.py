@@ -1,0 +1,129 @@
+"""Training data: clips from a dataset, and stream-like timelines made from them with known truth.
+
+A timeline is what the stream will see: clips concatenated with gaps of background, gain changes,
+background noise, random cut points and transitions between classes. Its truth is one label per step.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stream.errors import SourceError
+
+QUIET = "quiet"
+SPEAKING = "speaking"
+DCASE_EVENTS = ["clearthroat", "cough", "doorslam", "drawer", "keyboard", "keysDrop", "knock", "laughter",
+                "pageturn", "phone"]
+ACTIVITY_CLASSES = [*DCASE_EVENTS, SPEAKING, QUIET]
+SPEECH_CLASSES = ["no_speech", "speech"]
+
+# The held-out test splits of ../shared/data: never trained or tuned on.
+TEST_SPLITS = {"librispeech_test_other": None, "dcase2016_task2": {"fold5"}, "fsdd": {"theo", "yweweler"},
+               "kth": {"person04"}, "grid_av": None}
+
+
+def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
+    """Decode any audio file to mono float32 at `rate` with PyAV (the same decoder as replay)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise SourceError(f"{path}: has no audio track")
+            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in res.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
+    except av.error.FFmpegError as exc:
+        raise SourceError(f"{path}: cannot be decoded: {exc}") from exc
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+
+
+@dataclass
+class Clip:
+    audio: np.ndarray
+    activity: str  # an ACTIVITY_CLASSES label
+    speech: bool
+    group: str  # speaker or fold: splits never share a group
+    path: str
+
+
+def is_test(dataset: str, group: str) -> bool:
+    split = TEST_SPLITS.get(dataset, set())
+    return split is None or group in split
+
+
+def shared_clips(root: Path, rate: int = 16000) -> list[Clip]:
+    """Training-split clips of ../shared/data for the default model (test splits are skipped here)."""
+    clips = []
+    for dataset in ("dcase2016_task2", "fsdd", "librispeech_train_clean_100"):
+        manifest = root / "manifests" / f"{dataset}.csv"
+        if not manifest.is_file():
+            raise SourceError(f"{manifest} not found: pass --data pointing at the shared data folder")
+        with manifest.open() as fh:
+            for row in csv.DictReader(fh):
+                group = row["subject_or_fold"]
+                if is_test(dataset, group):
+                    continue
+                label = row["label"]
+                speech = label == "speech"
+                clips.append(Clip(load_audio(root / row["path"], rate), SPEAKING if speech else label, speech,
+                                  f"{dataset}:{group}", row["path"]))
+    return clips
+
+
+def background(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Room-like background: coloured noise at -75..-45 dBFS, sometimes a hum, sometimes digital silence."""
+    if rng.random() < 0.1:
+        return np.zeros(n, np.float32)
+    white = rng.standard_normal(n).astype(np.float32)
+    spec = np.fft.rfft(white)
+    f = np.arange(len(spec)) + 1.0
+    spec /= f ** rng.uniform(0.0, 1.0)  # white .. pink
+    x = np.fft.irfft(spec, n).astype(np.float32)
+    if rng.random() < 0.2:
+        x += 0.3 * np.std(x) * np.sin(2 * np.pi * rng.choice([50.0, 60.0]) * np.arange(n) / 16000).astype(np.float32)
+    level = 10 ** (rng.uniform(-75, -45) / 20)
+    return (x / (np.std(x) + 1e-12) * level).astype(np.float32)
+
+
+def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
+                  step: int = 1600, hold: int = 2400):
+    """One stream-like timeline of about `seconds`: returns (samples, activity per step, speech per step).
+
+    Step k's truth is the class active in the last `hold` samples before k * step (quiet when none), so short
+    events still own the steps that first see them.
+    """
+    n = int(seconds * rate)
+    x = background(n, rng)
+    act = np.full(n, ACTIVITY_CLASSES.index(QUIET), np.int16)
+    sp = np.zeros(n, np.int8)
+    pos = int(rng.uniform(0.0, 1.5) * rate)
+    while pos < n:
+        c = clips[rng.integers(len(clips))]
+        a = c.audio
+        if len(a) > rate and rng.random() < 0.3:  # a random cut point inside a long clip
+            cut = rng.integers(0, len(a) - rate // 2)
+            a = a[cut:]
+        a = a[: n - pos]
+        peak = np.max(np.abs(a)) + 1e-9
+        gain = 10 ** (rng.uniform(-30, -1) / 20) / peak
+        x[pos:pos + len(a)] += a * gain
+        act[pos:pos + len(a)] = ACTIVITY_CLASSES.index(c.activity)
+        sp[pos:pos + len(a)] = int(c.speech)
+        pos += len(a) + int(rng.choice([rng.uniform(0.0, 0.4), rng.uniform(0.3, 3.0)]) * rate)
+    np.clip(x, -1.0, 1.0, out=x)
+    steps = n // step
+    ends = np.arange(1, steps + 1) * step
+    act_s = np.empty(steps, np.int64)
+    sp_s = np.empty(steps, np.int64)
+    quiet = ACTIVITY_CLASSES.index(QUIET)
+    for i, e in enumerate(ends):
+        seg = act[max(0, e - hold):e]
+        nz = seg[seg != quiet]
+        act_s[i] = np.bincount(nz).argmax() if len(nz) else quiet
+        sp_s[i] = int(sp[max(0, e - hold // 2):e].mean() >= 0.5)
+    return x, act_s, sp_s

@@ -1,0 +1,54 @@
+"""ONNX export of the networks, with the input and output names the engines use."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import AudioCNN, Temporal
+
+OPSET = 17
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> None:
+    """Export to a temporary file and rename, so a crash never leaves a half-written model behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns about LSTM batch sizes; shapes are fixed
+        torch.onnx.export(module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    os.replace(tmp, path)
+
+
+def export_audio_encoder(cnn: AudioCNN, frames: int, n_mels: int, path: Path) -> None:
+    """logmel (N, frames, n_mels) -> embedding (N, dim); N is dynamic for batched replay."""
+    _export(cnn, (torch.zeros(1, frames, n_mels),), path, ["logmel"], ["embedding"],
+            {"logmel": {0: "N"}, "embedding": {0: "N"}})
+
+
+def export_video_encoder(cnn: nn.Module, size: int, path: Path) -> None:
+    """image (N, 3, size, size) normalized RGB -> embedding (N, 1280); N is dynamic."""
+    _export(cnn, (torch.zeros(1, 3, size, size),), path, ["image"], ["embedding"],
+            {"image": {0: "N"}, "embedding": {0: "N"}})
+
+
+def temporal_io(temporal: Temporal) -> tuple[list[str], list[str]]:
+    """The temporal engine's input names (modalities, h0, c0) and output names (heads, hn, cn)."""
+    return [*temporal.modalities, "h0", "c0"], [*temporal.head_names, "hn", "cn"]
+
+
+def export_temporal(temporal: Temporal, dims: dict[str, int], path: Path) -> None:
+    """modalities (1, T, D) + h0, c0 -> head probabilities (1, T, classes) + hn, cn; T is dynamic, so one
+    file serves one step at a time (T = 1) and whole sequences."""
+    h0, c0 = temporal.zero_state(1)
+    args = (*[torch.zeros(1, 4, dims[m]) for m in temporal.modalities], h0, c0)
+    inputs, outputs = temporal_io(temporal)
+    dynamic = {m: {1: "T"} for m in temporal.modalities} | {h: {1: "T"} for h in temporal.head_names}
+    _export(temporal, args, path, inputs, outputs, dynamic)

@@ -1,0 +1,102 @@
+"""Model definitions: the audio CNN, the temporal model (LSTM or BiLSTM with fusion and heads).
+
+The four architectures are made of these parts (see ARCHS):
+  video_lstm  EfficientNet-Lite0 per frame -> LSTM
+  audio_lstm  2D CNN over log-mel windows -> LSTM
+  bilstm      2D CNN over log-mel windows -> BiLSTM (offline, or with a bounded look-ahead)
+  hybrid      video and audio embeddings fused on the step clock -> LSTM
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ARCHS = {
+    "video_lstm": ("video",),
+    "audio_lstm": ("audio",),
+    "bilstm": ("audio",),
+    "hybrid": ("video", "audio"),
+}
+VIDEO_DIM = 1280  # EfficientNet-Lite0 pooled embedding
+
+
+def _sep(cin: int, cout: int) -> nn.Sequential:
+    """Depthwise-separable 3x3 conv block: cheap enough to run ~1000 windows a second on two cores."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+class AudioCNN(nn.Module):
+    """2D CNN over one log-mel window.
+
+    Input: (N, frames, n_mels) log-mel from stream.frontend.logmel. Output: (N, dim) embedding.
+    The per-band normalization measured on the training data is part of the network (buffers), so the
+    exported ONNX takes raw log-mel.
+    """
+
+    def __init__(self, n_mels: int = 64, dim: int = 128, width: int = 32):
+        super().__init__()
+        self.register_buffer("band_mean", torch.zeros(n_mels))
+        self.register_buffer("band_std", torch.ones(n_mels))
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            _sep(w, 2 * w), nn.MaxPool2d(2),
+            _sep(2 * w, 4 * w), nn.MaxPool2d(2),
+            _sep(4 * w, 4 * w), nn.MaxPool2d(2),
+            _sep(4 * w, 6 * w),
+        )
+        self.proj = nn.Linear(2 * 6 * w, dim)
+        self.dim = dim
+
+    def forward(self, logmel: torch.Tensor) -> torch.Tensor:
+        x = ((logmel - self.band_mean) / self.band_std).unsqueeze(1)
+        x = self.features(x)  # (N, C, T', F')
+        x = x.mean(dim=3)  # pool frequency
+        x = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # pool time: average and peak
+        return self.proj(x)
+
+
+class Temporal(nn.Module):
+    """Fusion, LSTM and label heads.
+
+    Each modality's embedding is normalized and projected to `proj` features; the projections of one step are
+    concatenated (the fusion happens on the step clock) and fed to the LSTM. The state is explicit: forward
+    takes (h0, c0) and returns (hn, cn), so a stream carries it from step to step.
+    """
+
+    def __init__(self, modalities: dict[str, int], heads: dict[str, int], hidden: int = 128, proj: int = 128,
+                 bidirectional: bool = False):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.head_names = list(heads)
+        self.bidirectional = bidirectional
+        self.hidden = hidden
+        self.inputs = nn.ModuleDict({
+            m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, proj), nn.ReLU(inplace=True), nn.Dropout(0.2))
+            for m, d in modalities.items()
+        })
+        self.lstm = nn.LSTM(proj * len(modalities), hidden, batch_first=True, bidirectional=bidirectional)
+        out = hidden * (2 if bidirectional else 1)
+        self.heads = nn.ModuleDict({h: nn.Linear(out, n) for h, n in heads.items()})
+
+    def zero_state(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        d = 2 if self.bidirectional else 1
+        return torch.zeros(d, batch, self.hidden), torch.zeros(d, batch, self.hidden)
+
+    def logits(self, embeddings: dict[str, torch.Tensor], h0: torch.Tensor, c0: torch.Tensor):
+        """embeddings: modality -> (N, T, D). Returns ({head: (N, T, classes) logits}, hn, cn)."""
+        x = torch.cat([self.inputs[m](embeddings[m]) for m in self.modalities], dim=-1)
+        y, (hn, cn) = self.lstm(x, (h0, c0))
+        return {h: self.heads[h](y) for h in self.head_names}, hn, cn
+
+    def forward(self, *args: torch.Tensor):
+        """Positional inputs in `self.modalities` order, then h0, c0 (the ONNX signature).
+        Returns head probabilities in `self.head_names` order, then hn, cn."""
+        embeddings = dict(zip(self.modalities, args[:len(self.modalities)]))
+        h0, c0 = args[len(self.modalities):]
+        logits, hn, cn = self.logits(embeddings, h0, c0)
+        return (*[torch.softmax(logits[h], dim=-1) for h in self.head_names], hn, cn)

@@ -1,0 +1,193 @@
+"""Configuration: `config.toml` read with tomllib into one frozen dataclass per section.
+
+Every key has its default here, and the repository's `config.toml` lists the same defaults (a test keeps
+the two equal). The CLI overrides a few fields with `dataclasses.replace`; it does not duplicate them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key} = {value!r} is invalid: expected {allowed}")
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """step_ms: step length in milliseconds; labels are produced once per step."""
+
+    step_ms: int = 100
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.step_ms, int) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
+               "step.step_ms", self.step_ms, "a multiple of 10 between 10 and 2000")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """path: a shipped model name (e.g. "default") or a model folder; backend: onnxruntime | torch | tensorrt;
+    threads: intra-op threads for the CPU backends (0 = one per core)."""
+
+    path: str = "default"
+    backend: str = "onnxruntime"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.path, str) and self.path != "", "model.path", self.path, "a model name or folder")
+        _check(self.backend in BACKENDS, "model.backend", self.backend, " | ".join(BACKENDS))
+        _check(isinstance(self.threads, int) and 0 <= self.threads <= 256, "model.threads", self.threads,
+               "an integer from 0 (one per core) to 256")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How probabilities become labels.
+
+    smoothing: weight of the newest step in the exponential moving average (1.0 = no smoothing);
+    enter: smoothed probability a new label needs before it can take over;
+    exit: the current label is kept while its smoothed probability stays at or above this;
+    switch_steps: consecutive steps a new label must win before it takes over;
+    min_hold_ms: shortest time a label is held once shown, in milliseconds.
+    """
+
+    smoothing: float = 0.6
+    enter: float = 0.5
+    exit: float = 0.4
+    switch_steps: int = 2
+    min_hold_ms: int = 300
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.smoothing, (int, float)) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
+               self.smoothing, "a number in (0, 1]")
+        _check(isinstance(self.enter, (int, float)) and 0.0 <= self.enter <= 1.0, "policy.enter", self.enter,
+               "a probability in [0, 1]")
+        _check(isinstance(self.exit, (int, float)) and 0.0 <= self.exit <= self.enter, "policy.exit", self.exit,
+               f"a probability in [0, policy.enter = {self.enter}]")
+        _check(isinstance(self.switch_steps, int) and 1 <= self.switch_steps <= 100, "policy.switch_steps",
+               self.switch_steps, "an integer from 1 to 100")
+        _check(isinstance(self.min_hold_ms, int) and 0 <= self.min_hold_ms <= 60000, "policy.min_hold_ms",
+               self.min_hold_ms, "milliseconds from 0 to 60000")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """endpoint: ZeroMQ PUB bind address; hwm: send high-water mark in messages per subscriber;
+    status_every_ms: interval between `status` messages, in milliseconds of media time."""
+
+    endpoint: str = "tcp://127.0.0.1:5556"
+    hwm: int = 1000
+    status_every_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.endpoint, str) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
+               "a ZeroMQ endpoint such as tcp://127.0.0.1:5556, or \"none\" to disable")
+        _check(isinstance(self.hwm, int) and 1 <= self.hwm <= 10_000_000, "publish.hwm", self.hwm,
+               "an integer from 1 to 10000000")
+        _check(isinstance(self.status_every_ms, int) and 100 <= self.status_every_ms <= 3_600_000,
+               "publish.status_every_ms", self.status_every_ms, "milliseconds from 100 to 3600000")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """realtime: pace replay on the wall clock (true) or run as fast as possible on a virtual clock (false)."""
+
+    realtime: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.realtime, bool), "replay.realtime", self.realtime, "true or false")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """camera: index, name or URL, or "none"; mic: index, name or "default", or "none";
+    seconds: stop after this many seconds (0 = run until stopped); frame_ring: frames kept;
+    audio_ring_s: seconds of audio kept; audio_block_ms: microphone callback block length."""
+
+    camera: str = "0"
+    mic: str = "default"
+    seconds: float = 0.0
+    frame_ring: int = 8
+    audio_ring_s: float = 5.0
+    audio_block_ms: int = 20
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.camera, str) and self.camera != "", "live.camera", self.camera,
+               "a camera index, name, URL or \"none\"")
+        _check(isinstance(self.mic, str) and self.mic != "", "live.mic", self.mic,
+               "a microphone index, name, \"default\" or \"none\"")
+        _check(isinstance(self.seconds, (int, float)) and self.seconds >= 0, "live.seconds", self.seconds,
+               "seconds >= 0 (0 = until stopped)")
+        _check(isinstance(self.frame_ring, int) and 2 <= self.frame_ring <= 1000, "live.frame_ring",
+               self.frame_ring, "an integer from 2 to 1000")
+        _check(isinstance(self.audio_ring_s, (int, float)) and 2.0 <= self.audio_ring_s <= 600, "live.audio_ring_s",
+               self.audio_ring_s, "seconds from 2 to 600")
+        _check(isinstance(self.audio_block_ms, int) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
+               self.audio_block_ms, "milliseconds from 5 to 200")
+
+
+@dataclass(frozen=True)
+class Config:
+    step: StepConfig = field(default_factory=StepConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+
+    def override(self, section: str, **values: Any) -> "Config":
+        """A copy with some fields of one section replaced (None values are ignored)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if not values:
+            return self
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **values)})
+
+
+_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML config; keys it leaves out keep their defaults. None gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} not found: check the path given to --config") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    sections = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{name}]: expected one of {', '.join(_SECTIONS)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {value!r}")
+        cls = _SECTIONS[name]
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key {name}.{key}: expected one of {', '.join(known)}")
+            if known[key].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                value[key] = float(v)
+        try:
+            sections[name] = cls(**value)
+        except TypeError as exc:  # pragma: no cover - guarded by the key check above
+            raise ConfigError(f"{source}: [{name}]: {exc}") from exc
+    return Config(**sections)

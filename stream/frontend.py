@@ -1,0 +1,138 @@
+"""Front end: log-mel spectrogram windows for the audio CNN and normalized frames for the video CNN.
+
+`logmel` is the one function that turns samples into features, in training and at run time alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """sample_rate: Hz; win: analysis window in samples (400 = 25 ms); hop: samples between frames
+    (160 = 10 ms); n_fft: FFT size; n_mels: mel bands; fmin/fmax: band edges in Hz; frames: log-mel frames
+    per window seen by the audio CNN (96 frames = 0.975 s of audio)."""
+
+    sample_rate: int = 16000
+    win: int = 400
+    hop: int = 160
+    n_fft: int = 512
+    n_mels: int = 64
+    fmin: float = 60.0
+    fmax: float = 7800.0
+    frames: int = 96
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one CNN window: the span of `frames` analysis frames."""
+        return self.win + (self.frames - 1) * self.hop
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Triangular filters on the HTK mel scale, peak 1, shape (n_fft // 2 + 1, n_mels), float32."""
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None, :] - lower) / (centre - lower)
+    falling = (upper - freqs[None, :]) / (upper - centre)
+    bank = np.maximum(0.0, np.minimum(rising, falling))
+    return np.ascontiguousarray(bank.T, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _hann(win: int) -> np.ndarray:
+    """Periodic Hann window (the STFT convention)."""
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(win) / win)).astype(np.float32)
+
+
+LOG_FLOOR = 1e-6
+
+
+def logmel(samples: np.ndarray, spec: AudioFeatures) -> np.ndarray:
+    """Log-mel frames of mono float samples in [-1, 1] at spec.sample_rate.
+
+    Frame j covers samples [j * hop, j * hop + win). Returns float32 (n_frames, n_mels) of
+    log(mel power + 1e-6); fewer samples than one window give zero frames.
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    n = 0 if len(x) < spec.win else 1 + (len(x) - spec.win) // spec.hop
+    if n == 0:
+        return np.zeros((0, spec.n_mels), dtype=np.float32)
+    frames = np.lib.stride_tricks.as_strided(x, shape=(n, spec.win), strides=(x.strides[0] * spec.hop, x.strides[0]))
+    power = np.abs(np.fft.rfft(frames * _hann(spec.win), n=spec.n_fft, axis=1)) ** 2
+    mel = power.astype(np.float32) @ mel_filterbank(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax)
+    return np.log(mel + LOG_FLOOR).astype(np.float32)
+
+
+def audio_window(samples: np.ndarray, spec: AudioFeatures) -> np.ndarray:
+    """The CNN input for the audio window ending at the last sample: (frames, n_mels) float32.
+
+    Shorter input (the first second of a stream) is padded with silence at the start.
+    """
+    need = spec.window_samples
+    x = np.asarray(samples, dtype=np.float32)[-need:]
+    if len(x) < need:
+        x = np.concatenate([np.zeros(need - len(x), dtype=np.float32), x])
+    return logmel(x, spec)
+
+
+@dataclass(frozen=True)
+class VideoFeatures:
+    """size: square CNN input in pixels; mean/std: per-channel normalization of 0..255 RGB."""
+
+    size: int = 224
+    mean: float = 127.0
+    std: float = 128.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def preprocess_frame(frame_bgr: np.ndarray, spec: VideoFeatures) -> np.ndarray:
+    """A BGR uint8 frame (H, W, 3) -> CNN input (3, size, size) float32, RGB, normalized.
+
+    The whole field of view is kept (resized without cropping): activity at the edges of the image counts.
+    """
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
+        raise ValueError(f"frame must be (H, W, 3) BGR, got shape {frame_bgr.shape}")
+    interp = cv2.INTER_AREA if frame_bgr.shape[0] > spec.size else cv2.INTER_LINEAR
+    rgb = cv2.cvtColor(cv2.resize(frame_bgr, (spec.size, spec.size), interpolation=interp), cv2.COLOR_BGR2RGB)
+    x = (rgb.astype(np.float32) - spec.mean) * (1.0 / spec.std)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def step_windows(samples: np.ndarray, spec: AudioFeatures, step: int, n_steps: int) -> np.ndarray:
+    """CNN inputs for steps 1..n_steps of a stream, step k ending at sample k * step: (n_steps, frames, n_mels).
+
+    Equal to `audio_window(samples[:k * step])` for every k, but computes each log-mel frame once, so
+    training and batched replay see what the step loop sees. `step` must be a multiple of spec.hop.
+    """
+    if step % spec.hop:
+        raise ValueError(f"step {step} samples is not a multiple of the hop {spec.hop}")
+    w = spec.window_samples
+    x = np.concatenate([np.zeros(w, dtype=np.float32), np.asarray(samples, dtype=np.float32)])
+    need = w + n_steps * step
+    if len(x) < need:
+        x = np.concatenate([x, np.zeros(need - len(x), dtype=np.float32)])
+    mel = logmel(x[:need], spec)
+    k = step // spec.hop
+    idx = (np.arange(1, n_steps + 1) * k)[:, None] + np.arange(spec.frames)[None, :]
+    return mel[idx]

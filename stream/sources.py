@@ -1,0 +1,403 @@
+"""Sources fill ring buffers; the step loop reads a Snapshot from them at each step time.
+
+FileSource decodes a recording with PyAV on the caller's thread (replay: the virtual or the paced clock).
+LiveSource runs one capture thread per device (OpenCV camera, sounddevice microphone), each owning its
+handle and writing into a preallocated ring.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SourceError
+from .rings import AudioRing, FrameRing
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording of activity needs more
+
+
+@dataclass
+class Snapshot:
+    """What the core sees at one step: the newest frame at or before t, the audio window ending at t,
+    and the capture wall time (Unix s) of the newest input used."""
+
+    t: float
+    frame: np.ndarray | None
+    audio: np.ndarray | None
+    wall: float
+
+
+def _open_container(path: Path):
+    import av
+
+    if not path.exists():
+        raise SourceError(f"{path}: file not found: check the path")
+    if path.is_dir():
+        raise SourceError(f"{path}: is a folder, not a media file: pass a file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: file is empty: pass a recording with audio or video")
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{path}: not a readable media file ({type(exc).__name__}: "
+                          f"{getattr(exc, 'strerror', None) or exc}): pass an mp4/mkv/avi/mpg/wav/flac/mp3 file") from exc
+
+
+def _creation_time(metadata: dict) -> float:
+    """The container's creation_time tag as Unix seconds (0.0 if absent): t = 0 on the virtual clock."""
+    import datetime
+
+    value = metadata.get("creation_time") if metadata else None
+    if not value:
+        return 0.0
+    try:
+        ts = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=datetime.timezone.utc)
+    return ts.timestamp()
+
+
+def _start_time(container) -> float:
+    times = [float(s.start_time * s.time_base) for s in container.streams if s.start_time is not None
+             and s.time_base is not None and s.type in ("audio", "video")]
+    return min(times) if times else 0.0
+
+
+class _AudioTrack:
+    """Decodes one audio stream to mono float32 at `rate` into an AudioRing, on demand."""
+
+    def __init__(self, path: Path, rate: int, ring_s: float):
+        import av
+
+        self.path = path
+        self.container = _open_container(path)
+        if not self.container.streams.audio:
+            self.container.close()
+            raise SourceError(f"{path}: has no audio track: pass a file with audio to --audio")
+        self.stream = self.container.streams.audio[0]
+        self.rate = rate
+        self.t0 = _start_time(self.container)
+        self.ring = AudioRing(int(ring_s * rate))
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self._frames = self._decode()
+        self.done = False
+        self.errors = 0
+        dur = self.stream.duration * self.stream.time_base if self.stream.duration else None
+        self.duration = float(dur) if dur else (self.container.duration / 1e6 if self.container.duration else None)
+
+    def _decode(self) -> Iterator:
+        import av
+
+        first = True
+        for packet in self.container.demux(self.stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                self.errors += 1
+                log.warning("%s: skipping an undecodable audio packet: %s", self.path, exc)
+                continue
+            for frame in frames:
+                if first and frame.time is not None:
+                    # leading offset of the audio track against the container start, as silence
+                    self.ring.skip_to(max(0, int(round((frame.time - self.t0) * self.rate))))
+                    first = False
+                for out in self.resampler.resample(frame):
+                    yield out
+        for out in self.resampler.resample(None):
+            yield out
+
+    def fill_until(self, index: int) -> None:
+        while not self.done and self.ring.written < index:
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                self.done = True
+                break
+            self.ring.write(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class _VideoTrack:
+    """Decodes one video stream to BGR frames into a FrameRing, on demand."""
+
+    def __init__(self, path: Path, capacity: int = 64):
+        import av
+
+        self.path = path
+        self.container = _open_container(path)
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError(f"{path}: has no video track")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        w, h = self.stream.codec_context.width, self.stream.codec_context.height
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            self.container.close()
+            raise SourceError(f"{path}: video size {w}x{h} not supported: expected 1..{MAX_SIDE} px a side")
+        self.shape = (h, w, 3)
+        self.ring = FrameRing(capacity, self.shape)
+        self.t0 = _start_time(self.container)
+        self._frames = self.container.decode(self.stream)
+        self.done = False
+        self.last_t = -1.0
+        self.av = av
+
+    def fill_until(self, t: float) -> None:
+        """Decode until a frame later than t is in the ring (so the newest frame at or before t is known)."""
+        import cv2
+
+        while not self.done and self.last_t <= t:
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                self.done = True
+                break
+            except self.av.error.FFmpegError as exc:
+                log.warning("%s: video decoding stopped early: %s", self.path, exc)
+                self.done = True
+                break
+            ft = (frame.time if frame.time is not None else self.last_t + 0.04) - self.t0
+            img = frame.to_ndarray(format="bgr24")
+            if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
+                img = cv2.resize(img, (self.shape[1], self.shape[0]))
+            self.ring.write(img, ft, 0.0)
+            self.last_t = ft
+
+    def close(self) -> None:
+        self.container.close()
+
+
+class FileSource:
+    """Replay of a recording: video+audio container, audio alone, video alone, or video with --audio FILE.
+
+    Timestamps come from the container (t = 0 at its start); audio is resampled to `sample_rate` and
+    mixed to mono. `snapshot(t)` decodes just enough to answer for step time t.
+    """
+
+    live = False
+
+    def __init__(self, path: str | Path, audio_path: str | Path | None = None, sample_rate: int = 16000,
+                 window_samples: int = 15600, use_audio: bool = True, use_video: bool = True):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.sample_rate = sample_rate
+        self.window = window_samples
+        self.audio: _AudioTrack | None = None
+        self.video: _VideoTrack | None = None
+        container = _open_container(self.path)
+        try:
+            has_a, has_v = bool(container.streams.audio), bool(container.streams.video)
+            container_duration = container.duration / 1e6 if container.duration else None
+            self.creation_time = _creation_time(container.metadata)
+        finally:
+            container.close()
+        if not has_a and not has_v:
+            raise SourceError(f"{self.path}: has no audio and no video track: pass a recording with either")
+        try:
+            if use_video and has_v:
+                self.video = _VideoTrack(self.path)
+            if use_audio and audio_path is not None:
+                self.audio = _AudioTrack(Path(audio_path), sample_rate, ring_s=30.0)
+                self.name = f"{self.path.name}+{Path(audio_path).name}"
+            elif use_audio and has_a:
+                self.audio = _AudioTrack(self.path, sample_rate, ring_s=30.0)
+        except Exception:
+            self.close()
+            raise
+        self.has_audio_track, self.has_video_track = has_a or audio_path is not None, has_v
+        self.duration = container_duration
+        self._buf = np.zeros(window_samples, dtype=np.float32)
+
+    def start(self) -> None:
+        pass
+
+    def end_time(self) -> float:
+        """Media time of the end of the stream, known once decoding has finished."""
+        ends = []
+        if self.audio is not None:
+            ends.append(self.audio.ring.written / self.sample_rate)
+        if self.video is not None:
+            ends.append(self.video.last_t + 1.0 / float(self.video.stream.average_rate or 25))
+        return max(ends) if ends else 0.0
+
+    def snapshot(self, t: float) -> Snapshot | None:
+        """The inputs for step time t, or None once t is past the end of the recording."""
+        end = int(round(t * self.sample_rate))
+        if self.audio is not None:
+            self.audio.fill_until(end)
+        if self.video is not None:
+            self.video.fill_until(t)
+        finished = (self.audio is None or self.audio.done) and (self.video is None or self.video.done)
+        if finished and t > self.end_time() + 1e-6:
+            return None
+        audio = self.audio.ring.read(end, self.window, self._buf).copy() if self.audio is not None else None
+        frame = None
+        if self.video is not None:
+            got = self.video.ring.latest(t)
+            frame = got[0] if got is not None else None
+        return Snapshot(t, frame, audio, 0.0)
+
+    def drops(self) -> dict[str, int]:
+        return {"video": self.video.ring.dropped if self.video else 0,
+                "audio": self.audio.ring.dropped if self.audio else 0}
+
+    def close(self) -> None:
+        for track in (self.audio, self.video):
+            if track is not None:
+                track.close()
+
+
+def _parse_device(value: str) -> int | str:
+    return int(value) if value.strip().lstrip("-").isdigit() else value
+
+
+class CameraCapture(threading.Thread):
+    """Owns an OpenCV VideoCapture (index, device name or URL) and writes frames into a FrameRing."""
+
+    def __init__(self, device: str, ring_capacity: int, start_wall: float, open_timeout_s: float = 10.0):
+        super().__init__(name="camera", daemon=True)
+        self.device = device
+        self.ring_capacity = ring_capacity
+        self.start_wall = start_wall
+        self.ring: FrameRing | None = None
+        self.stop_event = threading.Event()
+        self.opened = threading.Event()
+        self.error: str | None = None
+        self.open_timeout_s = open_timeout_s
+
+    def run(self) -> None:
+        import cv2
+
+        cap = cv2.VideoCapture(_parse_device(self.device))
+        try:
+            ok, frame = cap.read() if cap.isOpened() else (False, None)
+            if not ok or frame is None:
+                self.error = f"camera {self.device!r} cannot be opened or gives no frames: check `actstream devices`"
+                self.opened.set()
+                return
+            self.ring = FrameRing(self.ring_capacity, frame.shape)
+            self.opened.set()
+            while not self.stop_event.is_set():
+                wall = time.time()
+                if frame.shape != self.ring.shape:
+                    frame = cv2.resize(frame, (self.ring.shape[1], self.ring.shape[0]))
+                self.ring.write(frame, wall - self.start_wall, wall)
+                ok, frame = cap.read()
+                if not ok:
+                    log.warning("camera %r stopped giving frames", self.device)
+                    break
+        finally:
+            cap.release()
+
+    def wait_open(self) -> None:
+        if not self.opened.wait(self.open_timeout_s):
+            raise SourceError(f"camera {self.device!r} did not open within {self.open_timeout_s:.0f} s: "
+                              f"check the device or URL")
+        if self.error:
+            raise SourceError(self.error)
+
+
+class MicCapture:
+    """A sounddevice InputStream whose callback copies into an AudioRing (no blocking, no allocation)."""
+
+    def __init__(self, device: str, sample_rate: int, ring_s: float, block_ms: int):
+        self.device = None if device == "default" else _parse_device(device)
+        self.name = device
+        self.sample_rate = sample_rate
+        self.ring = AudioRing(int(ring_s * sample_rate))
+        self.block = int(sample_rate * block_ms / 1000)
+        self._stream = None
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        if status.input_overflow:
+            self.ring.overruns += 1
+        self.ring.write(indata[:, 0], time.time())
+
+    def start(self) -> None:
+        try:
+            import sounddevice as sd
+        except OSError as exc:
+            raise SourceError(f"PortAudio is missing ({exc}): apt-get install libportaudio2, or pass --mic none") from exc
+        try:
+            self._stream = sd.InputStream(device=self.device, channels=1, samplerate=self.sample_rate,
+                                          blocksize=self.block, dtype="float32", callback=self._callback)
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            raise SourceError(f"microphone {self.name!r} cannot be opened at {self.sample_rate} Hz mono ({exc}): "
+                              f"check `actstream devices` or pass --mic none") from exc
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+
+
+class LiveSource:
+    """Webcam and/or microphone, each on its own capture thread, read at each step on the wall clock."""
+
+    live = True
+
+    def __init__(self, camera: str, mic: str, sample_rate: int, window_samples: int, frame_ring: int = 8,
+                 audio_ring_s: float = 5.0, audio_block_ms: int = 20):
+        if camera == "none" and mic == "none":
+            raise SourceError("both --camera and --mic are none: enable at least one device")
+        self.start_wall = time.time()
+        self.camera = CameraCapture(camera, frame_ring, self.start_wall) if camera != "none" else None
+        self.mic = MicCapture(mic, sample_rate, audio_ring_s, audio_block_ms) if mic != "none" else None
+        self.name = "live:" + "+".join(x for x in (f"camera={camera}" if self.camera else "",
+                                                   f"mic={mic}" if self.mic else "") if x)
+        self.window = window_samples
+        self.has_audio_track, self.has_video_track = self.mic is not None, self.camera is not None
+        self._buf = np.zeros(window_samples, dtype=np.float32)
+
+    def start(self) -> None:
+        if self.camera is not None:
+            self.camera.start()
+            self.camera.wait_open()
+        if self.mic is not None:
+            self.mic.start()
+        self.start_wall = time.time()
+        if self.camera is not None:
+            self.camera.start_wall = self.start_wall
+
+    def snapshot(self, t: float) -> Snapshot:
+        walls = []
+        frame = audio = None
+        if self.camera is not None and self.camera.ring is not None:
+            got = self.camera.ring.latest()
+            if got is not None:
+                frame, _, w = got
+                walls.append(w)
+        if self.mic is not None:
+            ring = self.mic.ring
+            audio = ring.read(ring.written, self.window, self._buf).copy()
+            if ring.written:
+                walls.append(ring.wall)
+        return Snapshot(t, frame, audio, min(walls) if walls else time.time())
+
+    def drops(self) -> dict[str, int]:
+        return {"video": self.camera.ring.dropped if self.camera and self.camera.ring else 0,
+                "audio": self.mic.ring.dropped if self.mic else 0,
+                "audio_overruns": self.mic.ring.overruns if self.mic else 0}
+
+    def close(self) -> None:
+        if self.mic is not None:
+            self.mic.close()
+        if self.camera is not None:
+            self.camera.stop_event.set()
+            self.camera.join(timeout=2.0)
+            if self.camera.is_alive():
+                log.warning("camera thread did not stop within 2 s; leaving it (daemon)")

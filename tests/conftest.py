@@ -1,0 +1,82 @@
+"""Shared fixtures: small recordings the tests make themselves, free ports, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.demo import write_media
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ACTSTREAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real `actstream` command in a child process."""
+    return subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd or ROOT)
+
+
+def tone_and_noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Audio with a voiced-like harmonic burst in the middle and quiet noise around it: (samples, channels)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    x = rng.standard_normal(n) * 0.003
+    mid = (t > seconds * 0.3) & (t < seconds * 0.7)
+    f0 = 140 + 30 * np.sin(2 * np.pi * 3 * t)
+    x[mid] += 0.3 * sum(np.sin(2 * np.pi * k * np.cumsum(f0) / rate)[mid] / k for k in range(1, 8))
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def moving_frames(n: int, w: int = 160, h: int = 120):
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, (i * 3) % w] = 255
+        img[h // 2, :, 1] = (i * 7) % 256
+        yield img
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> dict[str, Path]:
+    """Small recordings of every kind replay accepts: video+audio mp4 and mkv, stereo 44.1 kHz wav, flac,
+    video alone, and a subtitle file with neither audio nor video."""
+    d = tmp_path_factory.mktemp("media")
+    out = {
+        "wav": write_media(d / "stereo44k.wav", None, tone_and_noise(3.0, 44100, 2), 44100, acodec="pcm_s16le"),
+        "flac": write_media(d / "mono8k.flac", None, tone_and_noise(2.0, 8000, 1), 8000, acodec="flac"),
+        "mp4": write_media(d / "av.mp4", moving_frames(75), tone_and_noise(3.0, 48000, 2), 48000),
+        "mkv": write_media(d / "av.mkv", moving_frames(50, 176, 144), tone_and_noise(2.0, 16000, 1), 16000),
+        "video": write_media(d / "video_only.mp4", moving_frames(50), None),
+    }
+    srt = d / "subtitles.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    out["neither"] = srt
+    corrupt = d / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    out["corrupt"] = corrupt
+    return out
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+def need_shared(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not present (the shared data folder ../shared/data is absent)")
+    return p
