@@ -193,7 +193,7 @@ def cmd_demo(args) -> int:
     out_dir = Path(args.dir)
     sample = make_demo_sample(out_dir / "demo.mp4")
     endpoint = args.publish
-    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it in real time, "
+    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{'' if args.fast else ' in real time'}, "
           f"publishing on {endpoint}; a subscriber process prints what it receives:", flush=True)
     listener = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--format", "text",
                                  "--until-end", "--timeout", "30"])

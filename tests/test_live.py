@@ -1,0 +1,46 @@
+"""The live path: a capture thread on OpenCV's VideoCapture (here opened on a file name, which OpenCV treats
+like a camera URL), the ring buffer, and the step loop on the wall clock."""
+
+import json
+
+import torch
+
+from engines.bundle import ModelSpec, save_model
+from stream.frontend import VideoFeatures
+from tests.conftest import run_cli
+
+
+def test_live_camera_path_runs_on_the_wall_clock(tmp_path, media, monkeypatch):
+    monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
+    spec = ModelSpec(name="video-test", arch="video_lstm", heads={"activity": ["still", "moving"]},
+                     video=VideoFeatures(), card={"version": 0})
+    torch.manual_seed(0)
+    save_model(spec, tmp_path / "video", None, spec.new_temporal())
+    out = tmp_path / "o.jsonl"
+    r = run_cli("live", "--camera", str(media["video"]), "--mic", "none", "--seconds", "1.5",
+                "--model", str(tmp_path / "video"), "--out", str(out), "--publish", "none")
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(x) for x in out.read_text().splitlines()]
+    act = [m for m in msgs if m["topic"] == "activity"]
+    assert [m["seq"] for m in act] == list(range(15))
+    assert msgs[0]["source"].startswith("live:camera=")
+    end = msgs[-1]
+    assert end["topic"] == "status" and end["state"] == "end" and end["clock"] == "wall"
+    # wall is the capture time of the frame used: never after the step was published
+    assert all(m["wall"] <= 2e9 for m in act) and end["latency_ms"]["max"] >= 0
+
+
+def test_live_refuses_a_camera_that_does_not_open(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
+    spec = ModelSpec(name="video-test", arch="video_lstm", heads={"activity": ["a", "b"]}, video=VideoFeatures())
+    save_model(spec, tmp_path / "video", None, spec.new_temporal())
+    r = run_cli("live", "--camera", str(tmp_path / "no-such-camera.mp4"), "--mic", "none", "--seconds", "1",
+                "--model", str(tmp_path / "video"), "--publish", "none")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot be opened" in r.stderr and "actstream devices" in r.stderr
+
+
+def test_devices_lists_both_kinds():
+    r = run_cli("devices")
+    assert r.returncode == 0
+    assert "microphones (sounddevice):" in r.stdout and "cameras (OpenCV" in r.stdout
