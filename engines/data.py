@@ -91,19 +91,28 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
-                  step: int = 1600, hold: int = 2400):
+                  step: int = 1600, hold: int = 2400, speech_share: float = 0.4):
     """One stream-like timeline of about `seconds`: returns (samples, activity per step, speech per step).
 
-    Step k's truth is the class active in the last `hold` samples before k * step (quiet when none), so short
-    events still own the steps that first see them.
+    Each segment is speech with probability `speech_share`, else an event of a class drawn uniformly (so rare
+    classes are not drowned by the many speech clips). Step k's truth is the class active in the last `hold`
+    samples before k * step (quiet when none), so short events still own the steps that first see them.
     """
+    by_class: dict[str, list[Clip]] = {}
+    for c in clips:
+        by_class.setdefault(c.activity, []).append(c)
+    event_classes = sorted(k for k in by_class if k != SPEAKING)
     n = int(seconds * rate)
     x = background(n, rng)
     act = np.full(n, ACTIVITY_CLASSES.index(QUIET), np.int16)
     sp = np.zeros(n, np.int8)
     pos = int(rng.uniform(0.0, 1.5) * rate)
     while pos < n:
-        c = clips[rng.integers(len(clips))]
+        if SPEAKING in by_class and (not event_classes or rng.random() < speech_share):
+            pool = by_class[SPEAKING]
+        else:
+            pool = by_class[event_classes[rng.integers(len(event_classes))]]
+        c = pool[rng.integers(len(pool))]
         a = c.audio
         if len(a) > rate and rng.random() < 0.3:  # a random cut point inside a long clip
             cut = rng.integers(0, len(a) - rate // 2)

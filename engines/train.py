@@ -21,6 +21,7 @@ from torch import nn
 from stream.frontend import AudioFeatures, step_windows
 
 from .bundle import ModelSpec, save_model
+from .fit import class_weights, fit_temporal, plot_history
 from .data import ACTIVITY_CLASSES, SPEECH_CLASSES, Clip, make_timeline, shared_clips
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,6 @@ class _WindowClassifier(nn.Module):
         return self.act(e), self.sp(e)
 
 
-def _class_weights(labels: np.ndarray, n: int) -> torch.Tensor:
-    counts = np.bincount(labels.reshape(-1), minlength=n).astype(np.float64) + 1.0
-    w = (counts.sum() / counts) ** 0.5  # soften the imbalance (quiet dominates), don't invert it fully
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
-
-
 def _embed(cnn, windows: np.ndarray, batch: int = 512) -> np.ndarray:
     flat = windows.reshape(-1, *windows.shape[2:])
     out = []
@@ -84,7 +79,7 @@ def _metrics(act_p: np.ndarray, sp_p: np.ndarray, act: np.ndarray, sp: np.ndarra
     return {"speech_f1": round(f1, 4), "activity_step_accuracy": round(acc, 4)}
 
 
-def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False) -> dict:
+def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False, progress=None) -> dict:
     """Train the shipped `default` model from the training splits under data_root and write it to `out`."""
     t_start = time.time()
     rng = np.random.default_rng(seed)
@@ -107,10 +102,10 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     cnn.band_std.copy_(torch.from_numpy(flat.std(axis=(0, 1)) + 1e-3))
     clf = _WindowClassifier(cnn)
     fa, fs = tr_a.reshape(-1), tr_s.reshape(-1)
-    w_act = _class_weights(fa, len(ACTIVITY_CLASSES))
+    w_act = class_weights(fa, len(ACTIVITY_CLASSES))
     opt = torch.optim.AdamW(clf.parameters(), lr=3e-3, weight_decay=1e-3)
-    epochs1 = 2 if quick else 8
-    per_epoch = len(flat) if quick else 12000  # neighbouring windows overlap 90 %: a random part per epoch
+    epochs1 = 2 if quick else 10
+    per_epoch = len(flat) if quick else 14000  # neighbouring windows overlap 90 %: a random part per epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs1 * (min(per_epoch, len(flat)) // 128 + 1))
     for epoch in range(epochs1):
         clf.train()
@@ -129,57 +124,45 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
             sched.step()
             total += loss.item() * len(b)
         log.info("cnn epoch %d: loss %.3f", epoch + 1, total / len(order))
+        if progress:
+            progress("cnn epochs", epoch + 1, epochs1)
     cnn.eval()
 
     # stage 2: the LSTM on step embeddings of whole timelines
     tr_e, va_e = _embed(cnn, tr_w), _embed(cnn, va_w)
     temporal = spec.new_temporal()
-    opt = torch.optim.AdamW(temporal.parameters(), lr=2e-3, weight_decay=1e-3)
-    best, best_state, patience = -1.0, None, 0
-    seq = 100  # 10 s sequences with random cut points; the state starts at zero like a fresh stream
-    epochs2 = 3 if quick else 40
-    for epoch in range(epochs2):
-        temporal.train()
-        for _ in range(max(1, len(tr_e) * tr_e.shape[1] // (seq * 16))):
-            i = rng.integers(0, len(tr_e), 16)
-            s = rng.integers(0, tr_e.shape[1] - seq + 1, 16)
-            e = torch.from_numpy(np.stack([tr_e[a, b:b + seq] for a, b in zip(i, s)]))
-            ya = torch.from_numpy(np.stack([tr_a[a, b:b + seq] for a, b in zip(i, s)]))
-            ys = torch.from_numpy(np.stack([tr_s[a, b:b + seq] for a, b in zip(i, s)]))
-            h0, c0 = temporal.zero_state(16)
-            logits, _, _ = temporal.logits({"audio": e}, h0, c0)
-            loss = (nn.functional.cross_entropy(logits["activity"].reshape(-1, len(ACTIVITY_CLASSES)),
-                                                ya.reshape(-1), weight=w_act)
-                    + nn.functional.cross_entropy(logits["speech"].reshape(-1, 2), ys.reshape(-1)))
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(temporal.parameters(), 1.0)
-            opt.step()
-        temporal.eval()
+    seq, batch = 100, 16  # 10 s sequences with random cut points; the state starts at zero like a fresh stream
+    w_speech = None
+
+    def sample(rng):
+        i = rng.integers(0, len(tr_e), batch)
+        s = rng.integers(0, tr_e.shape[1] - seq + 1, batch)
+        pick = lambda arr: torch.from_numpy(np.stack([arr[a, b:b + seq] for a, b in zip(i, s)]))  # noqa: E731
+        return {"audio": pick(tr_e)}, {"activity": pick(tr_a), "speech": pick(tr_s)}
+
+    def validate(temporal):
         with torch.inference_mode():
             h0, c0 = temporal.zero_state(len(va_e))
             lg, _, _ = temporal.logits({"audio": torch.from_numpy(va_e)}, h0, c0)
         m = _metrics(lg["activity"].numpy(), lg["speech"].numpy(), va_a, va_s)
-        score = m["speech_f1"] + m["activity_step_accuracy"]
-        log.info("lstm epoch %d: validation %s", epoch + 1, m)
-        if score > best:
-            best, best_state, best_m, patience = score, {k: v.clone() for k, v in temporal.state_dict().items()}, m, 0
-        else:
-            patience += 1
-            if patience >= 6:
-                break
-    temporal.load_state_dict(best_state)
-    temporal.eval()
-    card = {"version": 1, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
+        return m["speech_f1"] + m["activity_step_accuracy"], m
+
+    fitted = fit_temporal(temporal, sample, validate, {"activity": w_act, "speech": w_speech},
+                          epochs=3 if quick else 40, steps_per_epoch=max(1, tr_e.size // tr_e.shape[-1] // (seq * batch)),
+                          rng=rng, progress=(lambda e, m: progress("temporal epochs", e, 40)) if progress else None)
+    history = fitted.pop("history")
+    best_m = fitted
+    card = {"version": 2, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
             "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
                     "DCASE2016 task 2 folds 1-4",
             "validation": "DCASE fold4, FSDD nicolas, 10% of LibriSpeech train speakers (by speaker)",
             "never_used": "LibriSpeech test-other, DCASE fold5, FSDD theo/yweweler",
             "validation_metrics": best_m, "train_seconds": round(time.time() - t_start, 1),
-            "command": "actstream train --data ../shared/data --out engines/weights/default --seed 0"}
+            "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"}
     spec = ModelSpec(name=spec.name, arch=spec.arch, heads=spec.heads, audio=spec_a, card=card)
     save_model(spec, out, cnn, temporal)
     (out / "MODEL_CARD.md").write_text(_card_md(spec))
+    plot_history(history, out / "training.png", "default: temporal model (stage 2)")
     log.info("wrote %s (%s)", out, best_m)
     return card
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from engines.bundle import load_spec, open_engines
-from stream.config import Config
+from stream.config import PolicyConfig
 from stream.core import LabelPolicy, Recognizer
 from stream.sources import FileSource
 from tests.conftest import need_shared, run_cli
@@ -94,7 +94,7 @@ def test_policy_hysteresis_and_hold():
     """Drive the label policy directly with hand-made probabilities."""
     from stream.core import _HeadPolicy
 
-    cfg = Config().policy
+    cfg = PolicyConfig(smoothing=0.6, enter=0.5, exit=0.4, switch_steps=2, min_hold_ms=300)
     p = _HeadPolicy(["no_speech", "speech"], cfg, 0.1)
     seq = [0.1, 0.9, 0.9, 0.9, 0.45, 0.45, 0.1, 0.1, 0.1]
     labels = [p.update(np.array([1 - s, s]), 0.1 * (i + 1)).label for i, s in enumerate(seq)]

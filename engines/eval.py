@@ -1,0 +1,229 @@
+"""`actstream eval MODEL DATA`: how good a model is, judged on streams as it runs.
+
+Evaluation timelines are mixed from the test splits only (LibriSpeech test-other and FSDD test speakers for
+speech, DCASE fold 5 for events, background for quiet), with known truth per step. The model runs through the
+same step core and label policy as replay. Reported: per-class precision/recall/F1 and a confusion matrix
+(PNG), frame-level speech F1, event onset latency, DCASE fold 5 clip accuracy, a timeline plot (PNG), and
+with `--compare silero` silero-vad's F1 on the very same timelines.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from stream.config import PolicyConfig
+from stream.core import LabelPolicy, Recognizer
+
+from .bundle import ModelSpec, load_spec, open_engines
+from .data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, load_audio, make_timeline
+from .metrics import binary_f1, confusion, onset_latency, per_class
+
+log = logging.getLogger(__name__)
+STEP_S = 0.1
+SPEECH_SHARE = 0.5  # half the segments of an evaluation timeline are speech, half DCASE events (between: quiet)
+
+
+def test_clips(root: Path, rate: int = 16000) -> tuple[list[Clip], list[Clip]]:
+    """(speech clips, event clips) from the held-out test splits of ../shared/data."""
+    speech, events = [], []
+    for dataset in ("librispeech_test_other", "fsdd", "dcase2016_task2"):
+        with (root / "manifests" / f"{dataset}.csv").open() as fh:
+            for row in csv.DictReader(fh):
+                if not is_test(dataset, row["subject_or_fold"]):
+                    continue
+                is_speech = row["label"] == "speech"
+                clip = Clip(load_audio(root / row["path"], rate), SPEAKING if is_speech else row["label"], is_speech,
+                            f"{dataset}:{row['subject_or_fold']}", row["path"])
+                (speech if is_speech else events).append(clip)
+    return speech, events
+
+
+@dataclass
+class StreamRun:
+    """One timeline run through the model: per-step probabilities and policy labels per head."""
+
+    probs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+
+
+def run_stream(spec: ModelSpec, engines, audio: np.ndarray, policy_cfg: PolicyConfig) -> StreamRun:
+    """Drive the real step core over an in-memory recording, as fast replay would."""
+    policy = LabelPolicy(Recognizer(spec, engines), policy_cfg, STEP_S)
+    step = int(spec.audio.sample_rate * STEP_S)
+    w = spec.audio.window_samples
+    probs = {h: [] for h in spec.heads}
+    labels = {h: [] for h in spec.heads}
+    for k in range(1, len(audio) // step + 1):
+        end = k * step
+        out = policy.step(None, audio[max(0, end - w):end], k * STEP_S)
+        for h, lab in out.items():
+            probs[h].append(list(lab.scores.values()))
+            labels[h].append(spec.heads[h].index(lab.label))
+    return StreamRun({h: np.asarray(v) for h, v in probs.items()}, {h: np.asarray(v) for h, v in labels.items()})
+
+
+def silero_steps(audio: np.ndarray, n_steps: int, rate: int = 16000) -> np.ndarray:
+    """silero-vad's speech decision per step, from its own segmenter get_speech_timestamps (default settings),
+    read with the truth's convention: a step is speech when speech covers most of its last 75 ms."""
+    import torch
+    from silero_vad import get_speech_timestamps, load_silero_vad
+
+    model = load_silero_vad()
+    stamps = get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=rate)
+    mask = np.zeros(len(audio), np.int8)
+    for s in stamps:
+        mask[s["start"]:s["end"]] = 1
+    step = int(rate * STEP_S)
+    return np.array([int(mask[max(0, (k + 1) * step - 1200):(k + 1) * step].mean() >= 0.5) for k in range(n_steps)])
+
+
+def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[str], timelines: int = 8,
+                    seconds: float = 60.0, seed: int = 1234, backend: str = "onnxruntime",
+                    policy_cfg: PolicyConfig | None = None, progress=None) -> dict:
+    """The full evaluation of a speech + activity model on the shared test splits; writes report.json and PNGs."""
+    spec = load_spec(model)
+    policy_cfg = policy_cfg or PolicyConfig()
+    engines = open_engines(spec, backend)
+    engines.load()
+    speech, events = test_clips(data_root)
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    act_classes = spec.heads.get("activity", [])
+    truth_a, truth_s, pred_a, pred_s, raw_s, sil = [], [], [], [], [], []
+    first = None
+    for i in range(timelines):
+        x, a, s = make_timeline(speech + events, seconds, rng, speech_share=SPEECH_SHARE)
+        run = run_stream(spec, engines, x, policy_cfg)
+        n = min(len(a), len(run.labels["speech"]))
+        truth_a.append(a[:n])
+        truth_s.append(s[:n])
+        pred_s.append(run.labels["speech"][:n] == spec.heads["speech"].index("speech"))
+        raw_s.append(run.probs["speech"][:n, spec.heads["speech"].index("speech")] >= 0.5)
+        if act_classes:
+            pred_a.append(np.array([ACTIVITY_CLASSES.index(act_classes[j]) if act_classes[j] in ACTIVITY_CLASSES
+                                    else -1 for j in run.labels["activity"][:n]]))
+        if "silero" in compare:
+            sil.append(silero_steps(x, n))
+        if first is None:
+            first = (x, a[:n], s[:n], run)
+        log.info("timeline %d/%d done", i + 1, timelines)
+        if progress:
+            progress("timelines", i + 1, timelines)
+    ts, ta = np.concatenate(truth_s), np.concatenate(truth_a)
+    report: dict = {"model": spec.tag, "data": "test splits: LibriSpeech test-other, FSDD theo+yweweler, "
+                    f"DCASE fold5; {timelines} timelines x {seconds:.0f} s, seed {seed}, "
+                    f"{SPEECH_SHARE:.0%} of segments speech",
+                    "steps": int(len(ts)),
+                    "speech_f1": binary_f1(ts, np.concatenate(pred_s)),
+                    "speech_f1_raw_argmax": binary_f1(ts, np.concatenate(raw_s))}
+    if sil:
+        report["silero_vad_f1"] = binary_f1(ts, np.concatenate(sil))
+    if pred_a:
+        pa = np.concatenate(pred_a)
+        keep = pa >= 0
+        conf = confusion(ta[keep], pa[keep], len(ACTIVITY_CLASSES))
+        report["activity"] = per_class(conf, ACTIVITY_CLASSES)
+        report["activity_step_accuracy"] = round(float((ta == pa).mean()), 4)
+        report["onset_latency"] = onset_latency(ta, pa, STEP_S, ignore={ACTIVITY_CLASSES.index(QUIET)})
+        report["dcase_fold5_clip_accuracy"] = clip_accuracy(spec, engines, events, policy_cfg, rng)
+        plot_confusion(conf, ACTIVITY_CLASSES, out_dir / "confusion.png")
+    plot_timeline(spec, *first, out_dir / "timeline.png")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    engines.close()
+    return report
+
+
+def clip_accuracy(spec: ModelSpec, engines, events: list[Clip], policy_cfg: PolicyConfig,
+                  rng: np.random.Generator) -> dict:
+    """Each event clip alone in quiet background: the class with the highest mean activity probability over
+    the clip (and 0.5 s after it), quiet excluded, is the model's answer."""
+    from .data import background
+
+    classes = spec.heads["activity"]
+    quiet = classes.index(QUIET) if QUIET in classes else None
+    right = 0
+    per: dict[str, list[int]] = {}
+    for clip in events:
+        pad = background(16000, rng)
+        a = clip.audio / (np.abs(clip.audio).max() + 1e-9) * 0.5
+        x = np.concatenate([pad, a, background(16000, rng)]).astype(np.float32)
+        run = run_stream(spec, engines, x, policy_cfg)
+        lo, hi = 10, 10 + int(np.ceil(len(a) / 1600)) + 5
+        p = run.probs["activity"][lo:hi].mean(axis=0)
+        if quiet is not None:
+            p[quiet] = -1
+        ok = classes[int(p.argmax())] == clip.activity
+        right += ok
+        per.setdefault(clip.activity, []).append(int(ok))
+    return {"clips": len(events), "accuracy": round(right / max(1, len(events)), 4),
+            "per_class": {c: round(float(np.mean(v)), 4) for c, v in sorted(per.items())}}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(conf: np.ndarray, classes: list[str], path: Path) -> None:
+    plt = _pyplot()
+    norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(8, 7), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if conf[i, j]:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted (label shown by the stream)")
+    ax.set_ylabel("truth")
+    ax.set_title("activity per 100 ms step, rows normalized")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_timeline(spec: ModelSpec, audio: np.ndarray, truth_a: np.ndarray, truth_s: np.ndarray, run: StreamRun,
+                  path: Path, seconds: float = 30.0) -> None:
+    """Waveform, speech probability against the truth, and activity probabilities with the true class."""
+    plt = _pyplot()
+    n = min(len(truth_a), int(seconds / STEP_S))
+    t = (np.arange(n) + 1) * STEP_S
+    fig, axes = plt.subplots(3, 1, figsize=(12, 7), dpi=100, sharex=True,
+                             gridspec_kw={"height_ratios": [1, 1, 2]})
+    axes[0].plot(np.arange(int(n * STEP_S * 16000)) / 16000, audio[:int(n * STEP_S * 16000)], lw=0.3, color="0.3")
+    axes[0].set_ylabel("audio")
+    sp = run.probs["speech"][:n, spec.heads["speech"].index("speech")]
+    axes[1].fill_between(t, 0, truth_s[:n], step="pre", color="tab:green", alpha=0.25, label="truth: speech")
+    axes[1].plot(t, sp, color="tab:green", label="p(speech), smoothed")
+    axes[1].set_ylim(0, 1.05)
+    axes[1].set_ylabel("speech")
+    axes[1].legend(loc="upper right", fontsize=8)
+    classes = spec.heads.get("activity", [])
+    cmap = plt.get_cmap("tab20")
+    for j, c in enumerate(classes):
+        if c == QUIET:
+            continue
+        col = cmap(j % 20)
+        axes[2].plot(t, run.probs["activity"][:n, j], color=col, lw=1, label=c)
+        truth_c = truth_a[:n] == ACTIVITY_CLASSES.index(c) if c in ACTIVITY_CLASSES else np.zeros(n, bool)
+        axes[2].fill_between(t, 0, truth_c * 1.0, step="pre", color=col, alpha=0.2)
+    axes[2].set_ylim(0, 1.05)
+    axes[2].set_ylabel("activity probability\n(shaded: truth)")
+    axes[2].set_xlabel("stream time (s)")
+    axes[2].legend(loc="upper right", fontsize=7, ncol=4)
+    fig.suptitle(f"{spec.tag}: evaluation timeline (held-out test clips)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
