@@ -1,0 +1,156 @@
+"""What a person sees: the camera image with the current labels, a probability bar per class, and the
+stream's health (steps per second, drops, latency). Rendered with OpenCV into an image, so the same drawing
+serves the `--show` window, `--annotate` videos and tests (off-screen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PANEL_W = 300  # px: the label panel right of the image
+ROW_H = 18  # px per class bar
+BAR_X = 118  # px from the panel's left edge to where bars start
+BAR_W = 170  # px: a bar of probability 1.0
+MIN_W = 640  # px: images narrower than this are scaled up, so the text stays readable
+BG = (32, 32, 32)
+BAR_BG = (70, 70, 70)
+BAR = (80, 200, 120)  # BGR: the bars of every class
+BAR_ON = (60, 170, 255)  # BGR: the bar of the label currently shown
+TEXT = (235, 235, 235)
+
+
+@dataclass
+class OverlayState:
+    """The newest message per topic, fed from the label stream (the same dicts subscribers get)."""
+
+    labels: dict[str, dict] = field(default_factory=dict)
+    status: dict | None = None
+
+    def update(self, msg: dict) -> None:
+        if msg["topic"] == "status":
+            self.status = msg
+        else:
+            self.labels[msg["topic"]] = msg
+
+
+def image_size(frame_shape: tuple[int, int] | None) -> tuple[int, int]:
+    """(width, height) of the image part of the overlay for frames of (height, width)."""
+    if frame_shape is None:
+        return MIN_W, 360
+    h, w = frame_shape
+    scale = max(1.0, MIN_W / w)
+    return int(round(w * scale)), int(round(h * scale))
+
+
+def bar_origin(topic_index: int, class_index: int, classes_before: int, image_w: int) -> tuple[int, int]:
+    """Top-left pixel of a class's bar: topics are stacked, each a 24 px title then one row per class."""
+    y = 10 + topic_index * 28 + (classes_before + class_index) * ROW_H + 24
+    return image_w + BAR_X, y
+
+
+def render(frame: np.ndarray | None, state: OverlayState) -> np.ndarray:
+    """The overlay for one moment: (H, W + PANEL_W, 3) BGR uint8."""
+    w, h = image_size(frame.shape[:2] if frame is not None else None)
+    rows = sum(len(m["scores"]) for m in state.labels.values())
+    height = max(h, 10 + len(state.labels) * 28 + rows * ROW_H + 90)
+    out = np.full((height, w + PANEL_W, 3), BG, np.uint8)
+    if frame is not None:
+        out[:h, :w] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+        cv2.putText(out, "audio only", (w // 2 - 70, h // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (120, 120, 120), 2)
+    before = 0
+    for ti, (topic, msg) in enumerate(sorted(state.labels.items())):
+        x0, y0 = bar_origin(ti, 0, before, w)
+        cv2.putText(out, f"{topic}: {msg['label']} {msg['score']:.2f}", (w + 10, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.55, TEXT, 1, cv2.LINE_AA)
+        for ci, (cls, p) in enumerate(msg["scores"].items()):
+            x, y = bar_origin(ti, ci, before, w)
+            cv2.putText(out, cls[:14], (w + 10, y + ROW_H - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.42, TEXT, 1, cv2.LINE_AA)
+            cv2.rectangle(out, (x, y + 2), (x + BAR_W, y + ROW_H - 4), BAR_BG, -1)
+            filled = int(round(BAR_W * min(1.0, max(0.0, p))))
+            if filled:
+                colour = BAR_ON if cls == msg["label"] else BAR
+                cv2.rectangle(out, (x, y + 2), (x + filled - 1, y + ROW_H - 4), colour, -1)
+        before += len(msg["scores"])
+    st = state.status
+    if st is not None:
+        lat = st.get("latency_ms")
+        lines = [f"t {st['t']:.1f} s   {st.get('steps_per_s', 0):.1f} steps/s",
+                 "drops " + " ".join(f"{k} {v}" for k, v in (st.get("drops") or {}).items()),
+                 f"latency p99 {lat['p99']:.1f} ms" if lat else "latency: n/a (virtual clock)"]
+        for i, line in enumerate(lines):
+            cv2.putText(out, line, (w + 10, height - 60 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, TEXT, 1,
+                        cv2.LINE_AA)
+    return out
+
+
+class Window:
+    """The `--show` window: an OpenCV window redrawn at every step with the step's frame and the newest labels.
+    Closing it or pressing q or Esc stops the stream."""
+
+    def __init__(self, title: str):
+        import os
+
+        from .errors import ConfigError
+
+        if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+            raise ConfigError("--show needs a display (DISPLAY is not set): use --annotate OUT.mp4 or --plot OUT.png")
+        self.title = title
+        self.state = OverlayState()
+        self._last_frame = None
+        cv2.namedWindow(title, cv2.WINDOW_AUTOSIZE)
+
+    def on_step(self, stop_event):
+        def draw(snap) -> None:
+            if snap.frame is not None:
+                self._last_frame = snap.frame
+            cv2.imshow(self.title, render(self._last_frame, self.state))
+            key = cv2.waitKey(1) & 0xFF
+            if key in (ord("q"), 27) or cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+                stop_event.set()
+
+        return draw
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)
+        cv2.waitKey(1)
+
+
+def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> int:
+    """Write `video` again with the overlay of the labels in force at each frame, and its audio (mixed to mono).
+
+    Every input frame is kept (same count and rate); the overlay panel widens the picture. Returns the number
+    of frames written.
+    """
+    from engines.data import load_audio
+
+    from .demo import write_media
+    from .errors import SourceError
+    from .sources import _open_container
+
+    timed = sorted(messages, key=lambda m: m["t"])
+    container = _open_container(Path(video))
+    try:
+        if not container.streams.video:
+            raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
+        vstream = container.streams.video[0]
+        fps = int(round(float(vstream.average_rate or 25)))
+        rate = container.streams.audio[0].rate if container.streams.audio else None
+        t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+        state, k, frames = OverlayState(), 0, []
+        for frame in container.decode(vstream):
+            t = (frame.time or 0.0) - t0
+            while k < len(timed) and timed[k]["t"] <= t + 1e-6:
+                state.update(timed[k])
+                k += 1
+            img = render(frame.to_ndarray(format="bgr24"), state)
+            frames.append(img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2])
+    finally:
+        container.close()
+    audio = load_audio(video, rate)[:, None] if rate else None
+    write_media(out_path, frames, audio if audio is not None and len(audio) else None, rate or 16000, fps)
+    return len(frames)
