@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# PortAudio for sounddevice, libGL/GLib for OpenCV, espeak-ng to synthesize the demo's speech
-SYSTEM_PACKAGES := libportaudio2 libgl1 libglib2.0-0 espeak-ng
+# PortAudio for sounddevice, libGL/GLib for OpenCV, espeak-ng to synthesize the demo's speech;
+# PulseAudio (user-mode null sink) + ALSA's pulse plugin: the live microphone tests record through them
+SYSTEM_PACKAGES := libportaudio2 libgl1 libglib2.0-0 espeak-ng pulseaudio pulseaudio-utils libasound2-plugins
 DEMO_ARGS ?=
 TEST_ARGS ?=
 
@@ -14,7 +15,7 @@ TEST_ARGS ?=
 
 setup: $(VENV)/.installed
 
-$(VENV)/.system:
+$(VENV)/.system: Makefile
 	@missing=""; for p in $(SYSTEM_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

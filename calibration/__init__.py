@@ -1,1 +1,2 @@
-"""INT8 calibration of the encoders (see README: not built yet)."""
+"""INT8 calibration: encoder inputs gathered by replaying recordings, QDQ INT8 ONNX files for ONNX Runtime
+(and TensorRT's explicit quantization), and the accuracy gate that decides whether INT8 may be the default."""

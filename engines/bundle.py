@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from stream.errors import EngineError
 from stream.frontend import AudioFeatures, VideoFeatures
 
 from .base import Engine
-from .models import ARCHS, VIDEO_DIM, AudioCNN, Temporal
+from .archs import ARCHS, VIDEO_DIM
+
+if TYPE_CHECKING:  # torch is imported where a network is built: the ONNX Runtime path never needs it
+    from .models import AudioCNN, Temporal
 
 SHIPPED = Path(__file__).parent / "weights"
 FORMAT = 1  # model.json format version
@@ -36,6 +38,7 @@ class ModelSpec:
     hidden: int = 128
     proj: int = 128
     lookahead: int = 0
+    motion: bool = False  # video input = embedding minus its running mean (models.video_motion)
     card: dict = field(default_factory=dict)
     folder: Path | None = None
 
@@ -61,12 +64,16 @@ class ModelSpec:
                 "audio": self.audio.to_dict() if self.audio else None,
                 "video": self.video.to_dict() if self.video else None,
                 "audio_dim": self.audio_dim, "hidden": self.hidden, "proj": self.proj,
-                "lookahead": self.lookahead, "card": self.card}
+                "lookahead": self.lookahead, "motion": self.motion, "card": self.card}
 
     def new_audio_cnn(self) -> AudioCNN:
+        from .models import AudioCNN
+
         return AudioCNN(n_mels=self.audio.n_mels, dim=self.audio_dim)
 
     def new_temporal(self) -> Temporal:
+        from .models import Temporal
+
         return Temporal(self.dims, {h: len(c) for h, c in self.heads.items()}, hidden=self.hidden,
                         proj=self.proj, bidirectional=not self.causal)
 
@@ -96,7 +103,8 @@ def load_spec(path_or_name: str) -> ModelSpec:
                          audio=AudioFeatures(**data["audio"]) if data.get("audio") else None,
                          video=VideoFeatures(**data["video"]) if data.get("video") else None,
                          audio_dim=data["audio_dim"], hidden=data["hidden"], proj=data["proj"],
-                         lookahead=data.get("lookahead", 0), card=data.get("card", {}), folder=folder)
+                         lookahead=data.get("lookahead", 0), motion=data.get("motion", False),
+                         card=data.get("card", {}), folder=folder)
     except (ValueError, KeyError, TypeError) as exc:
         raise EngineError(f"{folder / 'model.json'} is not a valid model description ({exc!r}): "
                           f"retrain the model or reinstall actstream") from exc
@@ -104,6 +112,8 @@ def load_spec(path_or_name: str) -> ModelSpec:
 
 def save_model(spec: ModelSpec, folder: Path, audio_cnn: AudioCNN | None, temporal: Temporal) -> None:
     """Write model.json, weights.pt and the ONNX exports."""
+    import torch
+
     from .export import export_audio_encoder, export_temporal
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +127,8 @@ def save_model(spec: ModelSpec, folder: Path, audio_cnn: AudioCNN | None, tempor
 
 
 def load_torch_modules(spec: ModelSpec) -> tuple[AudioCNN | None, Temporal]:
+    import torch
+
     try:
         weights = torch.load(spec.folder / "weights.pt", map_location="cpu", weights_only=True)
         temporal = spec.new_temporal()
@@ -147,25 +159,58 @@ class Engines:
             e.close()
 
 
-def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0) -> Engines:
-    """Engines for `spec` on `backend` (not loaded yet: call .load())."""
-    from .export import temporal_io
+def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0,
+                 precision: str = "fp32", spin: bool = True) -> Engines:
+    """Engines for `spec` on `backend` (not loaded yet: call .load()).
 
-    if backend == "onnxruntime":
+    precision: "fp32" | "int8" | "auto" for the ONNX Runtime encoders (see engines.precision; "auto" takes
+    the INT8 files only where `actstream calibrate` passed its accuracy gate); for TensorRT, "int8" builds
+    INT8 engines from the same QDQ files and anything else FP16 engines. spin: ONNX Runtime's idle threads
+    spin-wait (see OnnxRuntimeEngine).
+    """
+    if backend in ("onnxruntime", "tensorrt"):
         from .cache import video_encoder_onnx
         from .onnxrt import OnnxRuntimeEngine
+        from .precision import encoder_file
+
+        def make(path_fn, name: str, encoder: str | None) -> Engine:
+            def onnx_path() -> Path:
+                path = path_fn()
+                return encoder_file(spec.folder, encoder, path, precision) if encoder else path
+
+            if backend == "onnxruntime":
+                return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin), name)
+            from .tensorrt import tensorrt_engine
+
+            trt_precision = "int8" if precision == "int8" else "fp16"
+            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, threads, name), name)
 
         enc: dict[str, Engine] = {}
         if "audio" in spec.modalities:
-            enc["audio"] = OnnxRuntimeEngine(spec.folder / "audio_encoder.onnx", threads, name="audio_encoder")
+            enc["audio"] = make(lambda: spec.folder / "audio_encoder.onnx", "audio_encoder", "audio")
         if "video" in spec.modalities:
-            enc["video"] = _LazyPath(lambda: OnnxRuntimeEngine(video_encoder_onnx(spec.video.size), threads,
-                                                               name="video_encoder"))
-        return Engines(enc, OnnxRuntimeEngine(spec.folder / "temporal.onnx", threads, name="temporal"))
-    if backend == "torch":
+            enc["video"] = make(lambda: video_encoder_onnx(spec.video.size), "video_encoder", "video")
+        return Engines(enc, make(lambda: spec.folder / "temporal.onnx", "temporal", None))
+    if backend in ("torch", "torch-cuda"):
+        from .export import temporal_io
         from .torch_backend import TorchEngine
 
         inputs, outputs = temporal_io(spec.new_temporal())
+        if backend == "torch-cuda":
+            from .torch_cuda import CudaEagerEngine, CudaGraphEngine
+
+            enc = {}
+            if "audio" in spec.modalities:
+                enc["audio"] = CudaGraphEngine("audio_encoder", lambda: load_torch_modules(spec)[0], "logmel",
+                                               "embedding", (spec.audio.frames, spec.audio.n_mels))
+            if "video" in spec.modalities:
+                from . import efficientnet
+                enc["video"] = CudaGraphEngine("video_encoder", lambda: efficientnet.load_pretrained(spec.video.size),
+                                               "image", "embedding", (3, spec.video.size, spec.video.size),
+                                               channels_last=True)
+            step = {m: (1, 1, d) for m, d in spec.dims.items()} | {s: (1, 1, spec.hidden) for s in ("h0", "c0")}
+            return Engines(enc, CudaEagerEngine("temporal", lambda: load_torch_modules(spec)[1], inputs, outputs,
+                                                step))
         enc = {}
         if "audio" in spec.modalities:
             enc["audio"] = TorchEngine("audio_encoder", lambda: load_torch_modules(spec)[0], ["logmel"],
@@ -175,18 +220,22 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             enc["video"] = TorchEngine("video_encoder", efficientnet.load_pretrained, ["image"], ["embedding"],
                                        threads)
         return Engines(enc, TorchEngine("temporal", lambda: load_torch_modules(spec)[1], inputs, outputs, threads))
-    if backend == "tensorrt":
-        raise EngineError("backend tensorrt is not built yet in this version: use --backend onnxruntime")
-    raise EngineError(f"backend {backend!r} unknown: expected onnxruntime, torch or tensorrt")
+    raise EngineError(f"backend {backend!r} unknown: expected onnxruntime, torch, torch-cuda or tensorrt")
 
 
 class _LazyPath(Engine):
-    """Defers building an engine whose file must first be made (the cached video CNN export) to load()."""
+    """Defers building an engine whose file must first be made or chosen (the cached video CNN export, the
+    INT8 file under model.precision) to load()."""
 
-    def __init__(self, make):
-        super().__init__("video_encoder", ["image"], ["embedding"])
+    def __init__(self, make, name: str = "video_encoder"):
+        super().__init__(name, [], [])
         self._make = make
         self._inner: Engine | None = None
+
+    @property
+    def inner(self) -> Engine | None:
+        """The engine made at load() (None before)."""
+        return self._inner
 
     @property
     def backend(self) -> str:  # type: ignore[override]
@@ -196,6 +245,7 @@ class _LazyPath(Engine):
         if self._inner is None:
             self._inner = self._make()
         self._inner.load()
+        self.input_names, self.output_names = self._inner.input_names, self._inner.output_names
         self._loaded = True
 
     def _run(self, feeds):

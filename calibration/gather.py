@@ -1,0 +1,93 @@
+"""Representative encoder inputs: what the step loop's encoders actually see when recordings are replayed.
+
+Each recording is replayed through the real source and front end (FileSource, audio_window,
+preprocess_frame) at the model's step times; every `stride`-th step is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stream.errors import SourceError
+from stream.frontend import audio_window, preprocess_frame
+
+log = logging.getLogger(__name__)
+
+MEDIA = {".mp4", ".mkv", ".avi", ".mpg", ".mov", ".webm", ".wav", ".flac", ".mp3", ".ogg", ".m4a"}
+VIDEO = {".mp4", ".mkv", ".avi", ".mpg", ".mov", ".webm"}
+
+
+def media_files(paths: list[str | Path], need_video: bool = False) -> list[Path]:
+    """Media files under the given files and folders, sorted (video containers only if need_video)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in MEDIA and f.is_file())
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise SourceError(f"{p}: not found: pass recordings or folders of recordings to --data")
+    if need_video:
+        out = [f for f in out if f.suffix.lower() in VIDEO]
+    return out
+
+
+@dataclass
+class Recording:
+    """One replayed recording: per step, the encoder inputs. mels: (T, frames, n_mels) or None;
+    images: (T, 3, size, size) or None (the newest frame at each step; zeros before the first one)."""
+
+    path: Path
+    ts: list[float] = field(default_factory=list)
+    mels: np.ndarray | None = None
+    images: np.ndarray | None = None
+
+
+def replay_inputs(path: Path, spec, step_s: float = 0.1, stride: int = 1, max_steps: int = 0) -> Recording:
+    """Replay `path` and keep the encoder inputs of every `stride`-th step (at most max_steps, 0 = all)."""
+    from stream.sources import FileSource
+
+    use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
+    audio = spec.audio
+    src = FileSource(path, sample_rate=audio.sample_rate if audio else 16000,
+                     window_samples=audio.window_samples if audio else 1, use_audio=use_audio, use_video=use_video)
+    rec = Recording(path)
+    mels, images = [], []
+    try:
+        if use_audio and src.audio is None:
+            raise SourceError(f"{path}: has no audio, but model {spec.name} needs audio")
+        if use_video and src.video is None:
+            raise SourceError(f"{path}: has no video, but model {spec.name} needs video")
+        k = 0
+        while not (max_steps and len(rec.ts) >= max_steps):
+            k += 1
+            t = round(k * step_s, 6)
+            snap = src.snapshot(t)
+            if snap is None:
+                break
+            if (k - 1) % stride:
+                continue
+            rec.ts.append(t)
+            if use_audio:
+                mels.append(audio_window(snap.audio, audio))
+            if use_video:
+                images.append(preprocess_frame(snap.frame, spec.video) if snap.frame is not None
+                              else np.zeros((3, spec.video.size, spec.video.size), np.float32))
+    finally:
+        src.close()
+    rec.mels = np.stack(mels) if mels else None
+    rec.images = np.stack(images) if images else None
+    return rec
+
+
+def split(files: list[Path], held_out_every: int = 4) -> tuple[list[Path], list[Path]]:
+    """Calibration files and held-out files: every `held_out_every`-th file is held out (at least one of each
+    when there are two or more files; a single file serves both, its first half calibrating)."""
+    if len(files) < 2:
+        return files, files
+    held = [f for i, f in enumerate(files) if i % held_out_every == held_out_every - 1] or [files[-1]]
+    return [f for f in files if f not in held], held

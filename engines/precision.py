@@ -1,0 +1,59 @@
+"""Which file an encoder runs from: its FP32 ONNX, or the INT8 (QDQ) ONNX made by `actstream calibrate`.
+
+The calibration writes `int8.json` into the model folder: per encoder, the INT8 file, the digest of the FP32
+ONNX it was made from, and whether it passed the accuracy gate. model.precision chooses:
+  fp32  always the FP32 files;
+  int8  the INT8 files (an error if there are none; a warning if they failed the gate);
+  auto  INT8 for an encoder only where the gate passed and the FP32 source is unchanged, else FP32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from stream.errors import EngineError
+
+from .cache import file_digest
+
+log = logging.getLogger(__name__)
+
+GATE_FILE = "int8.json"
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+def read_gate(folder: Path) -> dict:
+    """The calibration record of a model folder ({} when it was never calibrated)."""
+    path = Path(folder) / GATE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise EngineError(f"{path} is not valid JSON ({exc}): run `actstream calibrate` again or delete it") from exc
+
+
+def encoder_file(folder: Path, encoder: str, fp32_path: Path, precision: str) -> Path:
+    """The ONNX file `encoder` ("audio" or "video") runs from under `precision`."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"model.precision {precision!r} unknown: expected {' | '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return fp32_path
+    entry = read_gate(folder).get("encoders", {}).get(encoder)
+    int8 = Path(folder) / entry["file"] if entry else None
+    if precision == "int8":
+        if int8 is None or not int8.is_file():
+            raise EngineError(f"model {folder} has no INT8 {encoder} encoder: run `actstream calibrate --model "
+                              f"{folder} --data PATH` first, or set model.precision = \"fp32\"")
+        if not entry.get("passed"):
+            log.warning("INT8 %s encoder of %s failed the accuracy gate (%s); using it because precision is int8",
+                        encoder, folder, entry.get("reason", "see int8.json"))
+        return int8
+    if int8 is None or not int8.is_file() or not entry.get("passed"):
+        return fp32_path
+    if entry.get("source") != file_digest(fp32_path):
+        log.warning("INT8 %s encoder of %s was calibrated from another FP32 model: using FP32 (run `actstream "
+                    "calibrate` again)", encoder, folder)
+        return fp32_path
+    return int8

@@ -1,0 +1,98 @@
+"""INT8 calibration and its accuracy gate, on a small model and recordings the test makes."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.calibrate import calibrate
+from calibration.gate import Margin, agreement, cosine, decide
+from engines.bundle import ModelSpec, load_spec, save_model
+from engines.precision import encoder_file
+from stream.demo import write_media
+from stream.frontend import AudioFeatures
+from tests.conftest import run_cli, tone_and_noise
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small audio model (seeded, untrained) and four recordings, one with a truth file."""
+    d = tmp_path_factory.mktemp("cal")
+    torch.manual_seed(0)
+    spec = ModelSpec(name="small", arch="audio_lstm", heads={"speech": ["no_speech", "speech"]},
+                     audio=AudioFeatures(), audio_dim=32, hidden=16, proj=16, card={"version": 1})
+    cnn = spec.new_audio_cnn().eval()
+    save_model(spec, d / "model", cnn, spec.new_temporal())
+    data = d / "data"
+    data.mkdir()
+    for i in range(4):
+        write_media(data / f"rec{i}.wav", None, tone_and_noise(3.0, 16000, 1, seed=i), 16000, acodec="pcm_s16le")
+    # rec3 is held out (every 4th file); its truth: voiced in the middle (tone_and_noise's 0.3..0.7 of 3 s)
+    (data / "rec3.truth.csv").write_text("start_s,end_s,label\n0.0,0.9,no_speech\n0.9,2.1,speech\n2.1,3.0,no_speech\n")
+    return d
+
+
+def test_gate_decisions():
+    ok = {"cosine_mean": 0.995, "label_agreement": {"speech": 1.0, "activity": 0.995},
+          "metrics": {"speech_accuracy": {"fp32": 0.90, "int8": 0.895}}}
+    assert decide(ok, Margin())[0]
+    passed, reason = decide({**ok, "metrics": {"speech_accuracy": {"fp32": 0.90, "int8": 0.88}}}, Margin())
+    assert not passed and "speech_accuracy drops 0.0200" in reason
+    passed, reason = decide({**ok, "label_agreement": {"speech": 0.97}, "cosine_mean": 0.9}, Margin())
+    assert not passed and "cosine 0.9000 < 0.98" in reason and "speech labels agree on 97.00%" in reason
+    assert agreement(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == 0.75
+    np.testing.assert_allclose(cosine(np.array([[1.0, 0.0], [1.0, 1.0]]), np.array([[2.0, 0.0], [-1.0, -1.0]])),
+                               [1.0, -1.0])
+
+
+def test_calibrate_gates_int8_and_precision_follows_the_gate(small, tmp_path, caplog):
+    model, data = small / "model", small / "data"
+    strict = calibrate(str(model), [str(data)], str(tmp_path / "strict"), Margin(min_cosine=1.5), threads=1,
+                       timing_s=0.02)
+    enc = strict["encoders"]["audio"]
+    assert strict["calibration_files"] == [str(data / f"rec{i}.wav") for i in range(3)]
+    assert strict["held_out_files"] == [str(data / "rec3.wav")] and strict["held_out_steps"] == 30
+    assert 0.9 < enc["cosine_mean"] <= 1.0 + 1e-9 and 0.0 <= enc["label_agreement"]["speech"] <= 1.0
+    assert set(enc["metrics"]) == {"speech_accuracy"}  # from the truth file of the held-out recording
+    assert not enc["passed"] and "cosine" in enc["reason"]  # no INT8 can reach a cosine of 1.5
+    assert enc["speed"]["fp32_ms_batch1"] > 0 and enc["speed"]["speedup_batch32"] > 0
+    folder = tmp_path / "strict"
+    assert json.loads((folder / "int8.json").read_text())["encoders"]["audio"]["passed"] is False
+    assert (folder / "audio_encoder.trt.cache").read_text().startswith("TRT-")
+    fp32 = folder / "audio_encoder.onnx"
+    assert encoder_file(folder, "audio", fp32, "auto") == fp32  # refused: auto stays FP32
+    with caplog.at_level(logging.WARNING, logger="engines.precision"):
+        assert encoder_file(folder, "audio", fp32, "int8") == folder / "audio_encoder.int8.onnx"
+    assert "failed the accuracy gate" in caplog.text
+
+    lenient = calibrate(str(model), [str(data)], str(tmp_path / "lenient"), Margin(0.0, 0.0, 1.0), threads=1,
+                        timing_s=0.02)
+    assert lenient["encoders"]["audio"]["passed"]
+    folder = tmp_path / "lenient"
+    fp32 = folder / "audio_encoder.onnx"
+    assert encoder_file(folder, "audio", fp32, "auto") == folder / "audio_encoder.int8.onnx"
+    assert encoder_file(folder, "audio", fp32, "fp32") == fp32
+    # the FP32 model changes (retrained): the INT8 file no longer matches it, and auto goes back to FP32
+    spec = load_spec(str(folder))
+    torch.manual_seed(1)
+    save_model(spec, folder, spec.new_audio_cnn().eval(), spec.new_temporal())
+    with caplog.at_level(logging.WARNING, logger="engines.precision"):
+        assert encoder_file(folder, "audio", fp32, "auto") == fp32
+    assert "calibrated from another FP32 model" in caplog.text
+
+
+def test_calibrate_command_and_int8_replay(small, tmp_path):
+    out = tmp_path / "m"
+    r = run_cli("calibrate", "--model", str(small / "model"), "--data", str(small / "data"), "--out", str(out),
+                "--min-cosine", "0", "--min-label-agreement", "0", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "audio encoder INT8: passed" in r.stdout and "int8.json" in r.stdout
+    o = tmp_path / "o.jsonl"
+    r = run_cli("replay", str(small / "data" / "rec3.wav"), "--model", str(out), "--precision", "int8",
+                "--publish", "none", "--out", str(o))
+    assert r.returncode == 0, r.stderr
+    assert len([m for m in map(json.loads, o.read_text().splitlines()) if m["topic"] == "speech"]) == 30
+    r = run_cli("calibrate", "--model", str(small / "model"), "--data", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and "not found" in r.stderr

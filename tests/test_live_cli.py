@@ -1,0 +1,174 @@
+"""`actstream live` end to end on real device paths: the microphone is sounddevice's `pulse` device
+recording a PulseAudio null sink that the test plays into; the camera is an MJPEG stream over HTTP on
+loopback opened by OpenCV like a webcam. Faults are made in those devices while the command runs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from stream.client import SeqTracker, subscribe
+from tests.conftest import ROOT
+from tests.livekit import MjpegServer, write_wav
+
+RATE = 16000
+
+
+def start_live(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stream.cli", "live", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory):
+    """Three seconds of silence, synthesized speech, two seconds of silence (16 kHz mono wav)."""
+    from stream.demo import _espeak
+    from stream.errors import SourceError
+
+    try:
+        speech = _espeak("The quick brown fox jumps over the lazy dog, and then it runs away.")
+    except SourceError as exc:
+        pytest.skip(str(exc))
+    x = np.concatenate([np.zeros(3 * RATE), 0.6 * speech, np.zeros(2 * RATE)])
+    return write_wav(tmp_path_factory.mktemp("wav") / "speech.wav", x, RATE)
+
+
+class Listener(threading.Thread):
+    """A subscriber on its own thread, keeping every message and the seq bookkeeping."""
+
+    def __init__(self, endpoint: str):
+        super().__init__(daemon=True)
+        self.endpoint, self.msgs, self.tracker = endpoint, [], SeqTracker()
+
+    def run(self) -> None:
+        for msg in subscribe(self.endpoint, timeout_s=30, tracker=self.tracker):
+            self.msgs.append(msg)
+            if msg["topic"] == "status" and msg["state"] == "end":
+                return
+
+    def wait_for(self, cond, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(cond(m) for m in list(self.msgs)):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+
+def test_live_microphone_hears_speech_through_pulseaudio(pulse, speech_wav, tmp_path):
+    out = tmp_path / "o.jsonl"
+    proc = start_live("--camera", "none", "--mic", "pulse", "--seconds", "11", "--out", str(out), "--publish", "none")
+    time.sleep(1.0)
+    pulse.play(speech_wav)  # 3 s silence + speech + 2 s silence, while the command runs
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    msgs = [json.loads(x) for x in out.read_text().splitlines()]
+    speech = [m for m in msgs if m["topic"] == "speech"]
+    assert [m["seq"] for m in speech] == list(range(110))
+    labels = [m["label"] for m in speech]
+    assert "speech" in labels and labels[:20].count("speech") == 0  # silence first, then the speech is heard
+    end = msgs[-1]
+    assert end["topic"] == "status" and end["state"] == "end"
+    assert end["devices"]["mic"]["state"] == "ok" and end["source"] == "live:mic=pulse"
+    import jsonschema
+
+    schema = json.loads((ROOT / "stream" / "schema.json").read_text())
+    for m in msgs:
+        jsonschema.validate(m, schema)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_stream_stops_cleanly(pulse, tmp_path, port, sig):
+    """SIGTERM or SIGINT while running: the last status is published, --out is complete, exit 0."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "o.jsonl"
+    listener = Listener(endpoint)
+    listener.start()
+    proc = start_live("--camera", "none", "--mic", "pulse", "--out", str(out), "--publish", endpoint)
+    listener.wait_for(lambda m: m["topic"] == "speech" and m["seq"] >= 15, 60, "15 steps")
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    stop_s = time.monotonic() - sent
+    listener.join(10)
+    assert proc.returncode == 0, err
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines[-1]["topic"] == "status" and lines[-1]["state"] == "end"
+    assert listener.msgs[-1] == lines[-1]  # the subscriber got the last status too
+    assert listener.tracker.missed == {}
+    print(f"stopped {stop_s:.2f} s after {sig.name}")  # the figure the README quotes (pytest -s)
+
+
+def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, monkeypatch):
+    """A hybrid model on an HTTP camera and the pulse microphone. The camera goes away for three seconds:
+    the status says so, labels keep coming every step (audio and the last video embedding), and the
+    camera is reconnected when it is back."""
+    from engines.bundle import ModelSpec, load_spec, save_model
+    from stream.frontend import VideoFeatures
+
+    monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
+    spec = ModelSpec(name="hybrid-live", arch="hybrid", heads={"activity": ["a", "b"]},
+                     audio=load_spec("default").audio, video=VideoFeatures(), card={"version": 0})
+    torch.manual_seed(0)  # untrained: what is checked is the path through the outage, not the labels
+    save_model(spec, tmp_path / "hybrid", spec.new_audio_cnn(), spec.new_temporal())
+    endpoint = f"tcp://127.0.0.1:{port}"
+    listener = Listener(endpoint)
+    listener.start()
+    with MjpegServer() as cam:
+        proc = start_live("--camera", cam.url, "--mic", "pulse", "--model", str(tmp_path / "hybrid"),
+                          "--publish", endpoint, "--config", str(_config(tmp_path)))
+        try:
+            listener.wait_for(lambda m: m["topic"] == "activity" and m["seq"] >= 10, 120, "labels before the outage")
+            cam.gone.set()
+            listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok", 30,
+                              "a status saying the camera is down")
+            time.sleep(2.0)
+            cam.gone.clear()
+            listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] == "ok"
+                              and m["devices"]["camera"]["reconnects"] >= 1, 30, "the camera back")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+    listener.join(10)
+    assert proc.returncode == 0, err
+    act = [m for m in listener.msgs if m["topic"] == "activity"]
+    assert [m["seq"] for m in act] == list(range(len(act)))  # a label every step, through the outage
+    down = [m for m in listener.msgs if m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok"]
+    assert down and all(m["devices"]["mic"]["state"] == "ok" for m in down)
+    assert {m["devices"]["camera"]["state"] for m in down} <= {"lost", "stalled", "reconnecting"}
+
+
+def _config(tmp_path):
+    p = tmp_path / "live.toml"
+    p.write_text("[live]\nstall_s = 0.5\n")
+    return p
+
+
+def test_late_joiner_gets_the_current_labels_at_once(pulse, port):
+    """`actstream listen` started mid-stream: its first message per topic is the publisher's latest
+    (seq well past 0), and what follows continues from it without a gap."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc = start_live("--camera", "none", "--mic", "pulse", "--seconds", "12", "--publish", endpoint)
+    try:
+        # nobody is listening for the first seconds; then a subscriber joins
+        probe = Listener(endpoint)
+        probe.start()
+        probe.wait_for(lambda m: m["topic"] == "speech" and m["seq"] >= 30, 60, "three seconds of steps")
+        r = subprocess.run([sys.executable, "-m", "stream.cli", "listen", endpoint, "--topic", "speech",
+                            "--topic", "status", "--count", "6", "--timeout", "10"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(x) for x in r.stdout.splitlines()]
+    speech = [m for m in msgs if m["topic"] == "speech"]
+    assert msgs[0]["topic"] in ("speech", "status") and speech[0]["seq"] >= 30
+    assert {"speech", "status"} <= {m["topic"] for m in msgs[:2]}  # the welcome: the latest of each topic
+    assert [m["seq"] for m in speech] == list(range(speech[0]["seq"], speech[0]["seq"] + len(speech)))
