@@ -42,6 +42,7 @@ async function main() {
       process.exitCode = 3;
       break;
     }
+    if (topic in lastSeq && msg.seq <= lastSeq[topic]) continue; // a late joiner's welcome, repeated to all
     if (topic in lastSeq && msg.seq !== lastSeq[topic] + 1) {
       console.error(`gap on ${topic}: ${lastSeq[topic]} -> ${msg.seq}`);
     }
