@@ -157,6 +157,7 @@ class CameraCapture:
                     self.state = "ok"
                     self.backoff.reset()
                 continue
+            was_ok = self.state == "ok"
             if reader.is_alive():
                 self.stalls += 1
                 self.state = "stalled"
@@ -166,7 +167,9 @@ class CameraCapture:
                 self._abandoned.append(reader)
             else:
                 self.state = "lost"
-            log.warning("%s; reconnecting", self.problem or f"camera {self.device!r} lost")
+            # one warning when the camera goes; each further failed attempt is logged at INFO (no log flood)
+            log.log(logging.WARNING if was_ok or self.state == "stalled" else logging.INFO, "%s; reconnecting",
+                    self.problem or f"camera {self.device!r} lost")
             self._abandoned = [t for t in self._abandoned if t.is_alive()]
             delay = self.backoff.take()
             if self.stop_event.wait(delay):
@@ -185,7 +188,7 @@ class CameraCapture:
         return {"state": self.state, "reconnects": self.reconnects, "stalls": self.stalls,
                 "frames": self.ring.written if self.ring is not None else 0, "problem": self.problem}
 
-    def close(self, timeout_s: float = 2.0) -> None:
+    def close(self, timeout_s: float = 1.0) -> None:
         """Stop the watchdog and the reader; a reader blocked in read() is left behind (daemon) and logged."""
         self.stop_event.set()
         with self._lock:
@@ -272,10 +275,10 @@ class MicCapture:
                     self.state = "ok"
                     self.backoff.reset()
                 continue
-            self.state = "lost"
+            was_ok, self.state = self.state == "ok", "lost"
             if stream is not None:
                 self.problem = f"microphone {self.name!r} gave no audio for {age:.1f} s"
-            log.warning("%s; reopening", self.problem)
+            log.log(logging.WARNING if was_ok else logging.INFO, "%s; reopening", self.problem)
             self._close_stream()
             while not self.stop_event.wait(self.backoff.take()):
                 self.state = "reconnecting"

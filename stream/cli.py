@@ -129,7 +129,8 @@ def cmd_replay(args) -> int:
     audio = spec.audio
     source = FileSource(args.path, args.audio, sample_rate=audio.sample_rate if audio else 16000,
                         window_samples=audio.window_samples if audio else 1,
-                        use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
+                        use_audio="audio" in spec.modalities,
+                        use_video="video" in spec.modalities or args.show)  # --show shows the picture anyway
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
     except ActstreamError:
@@ -187,7 +188,7 @@ def cmd_live(args) -> int:
                           f"use `actstream replay` or a causal model")
     live = cfg.live
     # a device the model does not use is not opened
-    camera = live.camera if "video" in spec.modalities else "none"
+    camera = live.camera if "video" in spec.modalities or args.show else "none"
     mic = live.mic if "audio" in spec.modalities else "none"
     _check_modalities(spec, mic != "none", camera != "none", "live input")
     audio = spec.audio

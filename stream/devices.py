@@ -25,11 +25,11 @@ class Device:
     detail: str
 
 
-def list_cameras(sysfs: Path = V4L_SYSFS) -> list[Device]:
+def list_cameras(sysfs: Path = V4L_SYSFS, dev: Path = Path("/dev")) -> list[Device]:
     """V4L2 capture nodes, with the name the driver reports (empty if sysfs does not say)."""
     cams = []
-    for node in sorted(glob.glob("/dev/video*"), key=lambda p: int(re.sub(r"\D", "", p) or 0)):
-        digits = re.sub(r"\D", "", node)
+    for node in sorted(glob.glob(str(dev / "video*")), key=lambda p: int(re.sub(r"\D", "", Path(p).name) or 0)):
+        digits = re.sub(r"\D", "", Path(node).name)
         if not digits:
             continue
         name_file = sysfs / Path(node).name / "name"
@@ -56,7 +56,7 @@ def redact(value: str) -> str:
     return re.sub(r"(://)[^/@\s]*@", r"\1***@", value)
 
 
-def resolve_camera(value: str, sysfs: Path = V4L_SYSFS) -> int | str:
+def resolve_camera(value: str, sysfs: Path = V4L_SYSFS, dev: Path = Path("/dev")) -> int | str:
     """What cv2.VideoCapture opens for a --camera value: an index, a path or URL, or the index of the camera
     whose name contains `value`. Raises SourceError for a name no camera has."""
     v = value.strip()
@@ -64,9 +64,10 @@ def resolve_camera(value: str, sysfs: Path = V4L_SYSFS) -> int | str:
         return int(v)
     if "://" in v or v.startswith("/") or Path(v).exists():
         return v
-    matches = [c for c in list_cameras(sysfs) if c.name and v.lower() in c.name.lower()]
+    cams = list_cameras(sysfs, dev)
+    matches = [c for c in cams if c.name and v.lower() in c.name.lower()]
     if not matches:
-        known = ", ".join(f"{c.index}: {c.name or c.detail}" for c in list_cameras(sysfs)) or "none found"
+        known = ", ".join(f"{c.index}: {c.name or c.detail}" for c in cams) or "none found"
         raise SourceError(f"no camera named {value!r} (cameras: {known}): pass an index, a /dev/video path, "
                           f"a URL, or a part of a name from `actstream devices`")
     return matches[0].index

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 TOPICS_FIXED = ("status",)
-MAX_MESSAGE_BYTES = 16384  # a label message is ~300 bytes; one frame or one second of audio is far more
+MAX_MESSAGE_BYTES = 65536  # a label message is ~300 bytes (~30 per class); a frame or a second of audio is far more
 
 
 def _round(x: Any) -> Any:
@@ -96,7 +96,7 @@ class Publisher:
                 self._sock.setsockopt(zmq.SNDHWM, hwm)
                 self._sock.setsockopt(zmq.LINGER, 0)
                 self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, so each late joiner is seen
-                self._sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue says EAGAIN: drops can be counted
+                self._sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue says EAGAIN: overflows can be counted
                 if keys:
                     from .security import CurveServer
 

@@ -137,10 +137,16 @@ class _AudioTrack:
             yield out
 
     def fill_until(self, index: int) -> None:
+        import av
+
         while not self.done and self.ring.written < index:
             try:
                 frame = next(self._frames)
             except StopIteration:
+                self.done = True
+                break
+            except (av.error.FFmpegError, ValueError) as exc:  # a frame the resampler cannot take: stop there
+                log.warning("%s: audio decoding stopped early: %s", self.path, exc)
                 self.done = True
                 break
             self.ring.write(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
@@ -161,6 +167,10 @@ class _VideoTrack:
             self.container.close()
             raise SourceError(f"{path}: has no video track")
         self.stream = self.container.streams.video[0]
+        if self.stream.codec_context is None:
+            self.container.close()
+            raise SourceError(f"{path}: video codec {getattr(self.stream, 'codec_tag', None) or 'unknown'!r} is not "
+                              f"supported (no decoder in this FFmpeg): convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
         self.stream.thread_type = "AUTO"
         w, h = self.stream.codec_context.width, self.stream.codec_context.height
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
@@ -201,7 +211,11 @@ class _VideoTrack:
     def _write(self, frame, ft: float) -> None:
         import cv2
 
-        img = frame.to_ndarray(format="bgr24")
+        try:
+            img = frame.to_ndarray(format="bgr24")
+        except (self.av.error.FFmpegError, ValueError) as exc:  # a damaged frame: skip it, keep the stream
+            log.warning("%s: skipping a frame that cannot be converted: %s", self.path, exc)
+            return
         if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
             img = cv2.resize(img, (self.shape[1], self.shape[0]))
         self.ring.write(img, ft, 0.0)
@@ -300,6 +314,7 @@ class LiveSource:
     def __init__(self, camera: str, mic: str, sample_rate: int, window_samples: int, frame_ring: int = 8,
                  audio_ring_s: float = 5.0, audio_block_ms: int = 20, stall_s: float = 2.0):
         from .capture import CameraCapture, MicCapture
+        from .devices import redact
 
         if camera == "none" and mic == "none":
             raise SourceError("both --camera and --mic are none: enable at least one device")
@@ -307,8 +322,6 @@ class LiveSource:
         self.camera = (CameraCapture(camera, frame_ring, self.start_wall, stall_s=stall_s)
                        if camera != "none" else None)
         self.mic = MicCapture(mic, sample_rate, audio_ring_s, audio_block_ms, stall_s=stall_s) if mic != "none" else None
-        from .devices import redact
-
         self.name = "live:" + "+".join(x for x in (f"camera={redact(camera)}" if self.camera else "",
                                                    f"mic={mic}" if self.mic else "") if x)
         self.window = window_samples

@@ -167,7 +167,10 @@ def test_the_bus_carries_labels_never_raw_media(tmp_path):
     with pytest.raises(PublishError, match="not JSON"):
         pub.publish("speech", 0.1, 0.1, "speech", 0.9, {}, frame=np.zeros((120, 160, 3), np.uint8))
     with pytest.raises(PublishError, match="never raw frames or audio"):
-        pub.publish("speech", 0.1, 0.1, "speech", 0.9, {}, audio=[0.0] * 16000)
+        pub.publish("speech", 0.1, 0.1, "speech", 0.9, {}, audio=np.random.default_rng(0).uniform(-1, 1, 16000).tolist())
+    # a model with many classes is fine: 300 classes of scores
+    big = pub.publish("activity", 0.1, 0.1, "c0", 0.5, {f"class_{i}": 0.0033 for i in range(300)}, changed=False)
+    assert len(big["scores"]) == 300
     with pytest.raises(PublishError, match="not JSON"):
         pub.publish("speech", 0.1, 0.1, "speech", 0.9, {}, pcm=b"\x00" * 100)
 

@@ -218,3 +218,13 @@ def test_camera_selection_by_index_path_url_and_name(tmp_path):
     assert redact("rtsp://admin:secret@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
     with pytest.raises(SourceError, match="no camera named 'logitech'"):
         resolve_camera("logitech", sysfs)
+    # by name: the part of the name the V4L2 driver reports in sysfs (a stand-in /dev and sysfs here)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for n, name in ((0, "Integrated Camera: Integrated C"), (2, "HD Pro Webcam C920")):
+        (dev / f"video{n}").touch()
+        (sysfs / f"video{n}").mkdir(parents=True)
+        (sysfs / f"video{n}" / "name").write_text(name + "\n")
+    assert resolve_camera("c920", sysfs, dev) == 2 and resolve_camera("integrated", sysfs, dev) == 0
+    with pytest.raises(SourceError, match="cameras: 0: Integrated Camera: Integrated C, 2: HD Pro Webcam C920"):
+        resolve_camera("logitech", sysfs, dev)

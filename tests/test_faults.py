@@ -127,3 +127,16 @@ def test_video_frames_of_odd_sizes_are_handled(tmp_path):
     snap = src.snapshot(0.5)
     src.close()
     assert snap.frame.shape == (98, 174, 3)
+
+
+def test_unsupported_video_codec_is_refused(media, tmp_path):
+    """An mkv whose video track names a codec this FFmpeg has no decoder for (found by the fuzzer: it
+    crashed the loader before)."""
+    data = media["mkv"].read_bytes()
+    assert b"V_MPEG4/ISO/AVC" in data
+    p = tmp_path / "codec.mkv"
+    p.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_NOSUCH/ISO/AV"))
+    with pytest.raises(SourceError, match="video codec .* is not supported"):
+        FileSource(p)
+    # a model that uses audio only never opens the video track: the file replays
+    assert run_cli("replay", str(p), "--publish", "none").returncode == 0

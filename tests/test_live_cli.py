@@ -172,3 +172,33 @@ def test_late_joiner_gets_the_current_labels_at_once(pulse, port):
     assert msgs[0]["topic"] in ("speech", "status") and speech[0]["seq"] >= 30
     assert {"speech", "status"} <= {m["topic"] for m in msgs[:2]}  # the welcome: the latest of each topic
     assert [m["seq"] for m in speech] == list(range(speech[0]["seq"], speech[0]["seq"] + len(speech)))
+
+
+def test_microphone_lost_mid_stream_labels_keep_flowing(pulse, port):
+    """The sound server dies mid-stream and comes back: a label every step throughout (silence while the
+    microphone is away), the status says lost/reconnecting, then ok with the reconnect counted."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    listener = Listener(endpoint)
+    listener.start()
+    proc = start_live("--camera", "none", "--mic", "pulse", "--publish", endpoint, "--config",
+                      str(_config(pulse.folder)))
+    try:
+        listener.wait_for(lambda m: m["topic"] == "speech" and m["seq"] >= 10, 60, "labels before the fault")
+        pulse.stop()
+        listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["mic"]["state"] in ("lost", "reconnecting"),
+                          30, "a status saying the microphone is away")
+        pulse.start()
+        listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["mic"]["state"] == "ok"
+                          and m["devices"]["mic"]["reconnects"] >= 1, 30, "the microphone back")
+    finally:
+        if pulse.pid() is None:
+            pulse.start()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    listener.join(10)
+    assert proc.returncode == 0, err
+    speech = [m for m in listener.msgs if m["topic"] == "speech"]
+    assert [m["seq"] for m in speech] == list(range(len(speech)))
+    states = [m["devices"]["mic"]["state"] for m in listener.msgs if m["topic"] == "status"]
+    away = [s for s in states if s not in ("ok", "starting")]  # starting: before the first block arrived
+    assert away and set(away) <= {"lost", "reconnecting"} and states[-1] == "ok"
