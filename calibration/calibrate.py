@@ -105,8 +105,13 @@ def _speed(fp32: OnnxRuntimeEngine, int8: OnnxRuntimeEngine, name: str, x: np.nd
 
 
 def calibrate(model: str, data: list[str], out: str | None = None, margin: Margin = Margin(), threads: int = 0,
-              max_calib: int = 256, max_held_steps: int = 600, timing_s: float = 1.0, policy_cfg=None) -> dict:
-    """Calibrate every encoder of `model` on recordings under `data`; returns the record written to int8.json."""
+              max_calib: int = 256, max_held_steps: int = 600, timing_s: float = 1.0, policy_cfg=None,
+              max_files: int = 48) -> dict:
+    """Calibrate every encoder of `model` on recordings under `data`; returns the record written to int8.json.
+
+    max_calib: encoder inputs to calibrate on (spread over the calibration files); max_held_steps: steps
+    replayed per recording (the first minute at 100 ms steps); max_files: recordings used at most, sampled
+    evenly from the sorted list."""
     from stream.config import PolicyConfig
 
     policy_cfg = policy_cfg or PolicyConfig()
@@ -119,13 +124,15 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
     if not files:
         raise SourceError(f"no recordings with {' and '.join(spec.modalities)} under {', '.join(data)}: "
                           f"pass media files or folders to --data")
+    if len(files) > max_files:  # a large dataset folder: an even sample of it is representative enough
+        files = files[::-(-len(files) // max_files)]
     calib_files, held_files = split(files)
     log.info("calibrating %s on %d recordings, gating on %d held out", spec.name, len(calib_files), len(held_files))
     same = calib_files == held_files  # a single recording: its first half calibrates, its second half gates
     calib_recs, held_recs = [], []
     steps_per_file = max(1, max_calib // len(calib_files))
     for f in calib_files:
-        rec = replay_inputs(f, spec, max_steps=max_held_steps if same else 0)
+        rec = replay_inputs(f, spec, max_steps=max_held_steps)
         n = len(rec.ts) // 2 if same else len(rec.ts)
         stride = max(1, n // steps_per_file)
         calib_recs.append({m: _inputs(rec, m)[:n:stride] for m in spec.modalities})

@@ -207,7 +207,7 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
                 from . import efficientnet
                 enc["video"] = CudaGraphEngine("video_encoder", lambda: efficientnet.load_pretrained(spec.video.size),
                                                "image", "embedding", (3, spec.video.size, spec.video.size),
-                                               channels_last=True)
+                                               channels_last=True, frames=spec.video)
             step = {m: (1, 1, d) for m, d in spec.dims.items()} | {s: (1, 1, spec.hidden) for s in ("h0", "c0")}
             return Engines(enc, CudaEagerEngine("temporal", lambda: load_torch_modules(spec)[1], inputs, outputs,
                                                 step))

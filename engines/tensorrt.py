@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +84,10 @@ def profile_shapes(onnx_path: str | Path, max_batch: int = MAX_BATCH, opt_batch:
     for inp in model.graph.input:
         if inp.name in init:
             continue
-        lo, opt, hi = [], [], []
-        for d in inp.type.tensor_type.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                lo.append(d.dim_value), opt.append(d.dim_value), hi.append(d.dim_value)
-            else:
-                lo.append(1), opt.append(opt_batch), hi.append(max_batch)
-        shapes[inp.name] = (tuple(lo), tuple(opt), tuple(hi))
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in inp.type.tensor_type.shape.dim]
+        shapes[inp.name] = tuple(tuple(d if d is not None else dyn for d in dims)
+                                 for dyn in (1, opt_batch, max_batch))
     return shapes
 
 
@@ -247,7 +244,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", shapes: Shapes 
         raise EngineError(f"TensorRT failed to build {onnx_path} at {precision}: see the TensorRT log above")
     write_engine_file(path, key, bytes(serialized))
     tc_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tc_path.with_name(f".{tc_path.name}.{os.getpid()}.tmp")
+    tmp = tc_path.with_name(f".{tc_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # builds run in threads
     tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
     os.replace(tmp, tc_path)
     if progress is not None:
@@ -389,7 +386,8 @@ class SelfHealingEngine(Engine):
             self._active = self.primary
         if self._active is self.primary:
             try:
-                return list(self.primary.run(feeds).values())
+                out = self.primary.run(feeds)  # by name: an engine may order its outputs otherwise than ONNX
+                return [out[n] for n in self.output_names]
             except Exception as exc:  # a GPU fault must not end the stream: fall back for good
                 log.warning("TensorRT engine %s failed (%s): ONNX Runtime serves from now on", self.name, exc)
                 self._active = self.fallback
@@ -406,10 +404,9 @@ class SelfHealingEngine(Engine):
         super().close()
 
 
-def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: str,
-                    make_fallback: Callable[[], Engine] | None = None) -> SelfHealingEngine:
+def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: str) -> SelfHealingEngine:
     """The engine `open_engines` gives for --backend tensorrt: TensorRT with ONNX Runtime beside it."""
     from .onnxrt import OnnxRuntimeEngine
 
-    fallback = make_fallback() if make_fallback else OnnxRuntimeEngine(onnx_path, threads, name=name)
-    return SelfHealingEngine(TensorRTEngine(onnx_path, precision, name=name), fallback)
+    return SelfHealingEngine(TensorRTEngine(onnx_path, precision, name=name),
+                             OnnxRuntimeEngine(onnx_path, threads, name=name))

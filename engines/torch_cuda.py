@@ -1,8 +1,9 @@
 """PyTorch CUDA backend: the encoders in FP16, channels_last, replayed from CUDA graphs.
 
 The GPU path that runs without TensorRT. Each encoder captures one CUDA graph per batch bucket
-(1, 8, 64 by default); a batch is padded up to the smallest bucket that holds it, so a step of live
-(batch 1) and a batch of fast replay each cost one graph launch. The temporal LSTM runs eagerly in FP32 on
+(1 and 32 by default: a live step, and a batch of fast replay at the default replay.batch_steps); a batch is
+padded up to the smallest bucket that holds it (larger ones run in chunks), so each costs one graph launch.
+Every bucket costs start-up time (capture, cuDNN's kernel choice), hence only two. The temporal LSTM runs eagerly in FP32 on
 the GPU (a few small kernels per step). Needs torch built with CUDA and a visible GPU; load() says so.
 """
 
@@ -19,7 +20,31 @@ from .base import Engine
 
 log = logging.getLogger(__name__)
 
-BUCKETS = (1, 8, 64)
+BUCKETS = (1, 32)
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """The (n_out, n_in) matrix of OpenCV's INTER_AREA downscaling along one axis: output pixel i is the
+    mean of the input over [i * s, (i + 1) * s), s = n_in / n_out, partial pixels weighted by their overlap."""
+    s = n_in / n_out
+    w = np.zeros((n_out, n_in), np.float64)
+    for i in range(n_out):
+        a, b = i * s, (i + 1) * s
+        for j in range(int(np.floor(a)), min(int(np.ceil(b)), n_in)):
+            w[i, j] = min(b, j + 1) - max(a, j)
+    return w / s
+
+
+def area_resize(frames, wy, wx):
+    """BGR uint8 frames (N, H, W, 3), as a torch tensor on any device, resized with INTER_AREA weights
+    (wy: (S, H), wx: (S, W) float32 tensors on that device) and rounded as OpenCV rounds: (N, S, S, 3)
+    float32 holding whole numbers 0..255 (equal to cv2.resize's, but for rare one-level rounding ties)."""
+    import torch
+
+    x = frames.float()
+    y = torch.einsum("sh,nhwc->nswc", wy, x)
+    y = torch.einsum("tw,nswc->nstc", wx, y)
+    return torch.round(y).clamp_(0, 255)
 
 
 def require_cuda():
@@ -39,10 +64,18 @@ class CudaGraphEngine(Engine):
 
     backend = "torch-cuda"
 
+    takes_frames = False  # True when frames: the engine resizes and normalizes raw frames on the GPU
+
     def __init__(self, name: str, make_module: Callable, input_name: str, output_name: str,
                  sample_shape: tuple[int, ...], buckets: tuple[int, ...] = BUCKETS, channels_last: bool = False,
-                 half: bool = True):
+                 half: bool = True, frames=None):
         super().__init__(name, [input_name], [output_name])
+        # frames: the VideoFeatures of the model, for an image encoder that also takes BGR uint8 frames
+        # (N, H, W, 3) as its input and preprocesses them on the GPU (what preprocess_frame does on the CPU)
+        self.frames = frames
+        self.takes_frames = frames is not None
+        self._weights: dict[tuple[int, int], tuple] = {}
+        self._frame_graphs: dict[tuple[int, int, int], tuple] = {}  # (bucket, H, W) -> graph with preprocessing
         self._make = make_module
         self.sample_shape = tuple(sample_shape)
         self.buckets = tuple(sorted(buckets))
@@ -97,16 +130,82 @@ class CudaGraphEngine(Engine):
             start += take
         return out[0] if len(out) == 1 else torch.cat(out)
 
+    def _prep(self, frames):
+        """BGR uint8 frames (N, H, W, 3) on the GPU -> normalized RGB (N, 3, S, S), as preprocess_frame."""
+        import torch
+
+        f = self.frames
+        h, w = frames.shape[1:3]
+        if (h, w) not in self._weights:
+            self._weights[(h, w)] = tuple(torch.from_numpy(area_weights(n, f.size).astype(np.float32)).cuda()
+                                          for n in (h, w))
+        x = area_resize(frames, *self._weights[(h, w)])
+        x = (x.flip(-1) - f.mean) * (1.0 / f.std)  # BGR -> RGB, then (x - mean) / std
+        return x.permute(0, 3, 1, 2)
+
+    def _frame_graph(self, b: int, h: int, w: int):
+        """The CUDA graph of preprocessing + CNN for `b` frames of h x w, captured on first use of that size."""
+        import torch
+
+        key = (b, h, w)
+        if key not in self._frame_graphs:
+            def forward(frames):
+                x = self._prep(frames).to(self._dtype)
+                return self._module(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+
+            xin = torch.zeros((b, h, w, 3), dtype=torch.uint8, device="cuda")
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # warm-up (and the resize weights) outside the capture
+                    forward(xin)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = forward(xin)
+            self._frame_graphs[key] = (graph, xin, y)
+        return self._frame_graphs[key]
+
+    def run_frames(self, frames) -> np.ndarray:
+        """BGR uint8 frames (N, H, W, 3), a host array, -> (N, D) embeddings: upload, then one graph launch
+        per bucket-sized chunk doing the resize, normalization and CNN."""
+        import torch
+
+        x = torch.from_numpy(frames).to("cuda", non_blocking=True)
+        n, h, w = frames.shape[:3]
+        out, start = [], 0
+        while start < n:
+            take = min(n - start, self.buckets[-1])
+            graph, xin, yout = self._frame_graph(next(b for b in self.buckets if b >= take), h, w)
+            xin[:take].copy_(x[start:start + take])
+            graph.replay()
+            out.append(yout[:take].float().cpu().numpy())
+            start += take
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(feeds[self.input_names[0]])).to("cuda", non_blocking=True)
+        x = np.ascontiguousarray(feeds[self.input_names[0]])
         with torch.inference_mode():
+            if x.dtype == np.uint8:
+                if not self.takes_frames:
+                    raise EngineError(f"engine {self.name}: uint8 frames given, but it takes preprocessed images")
+                if x.shape[1] <= self.frames.size or x.shape[2] <= self.frames.size:
+                    # smaller than the CNN input: OpenCV upscales those bilinearly; do exactly that, on the host
+                    from stream.frontend import preprocess_frame
+
+                    x = np.stack([preprocess_frame(f, self.frames) for f in x])
+                else:
+                    return [self.run_frames(x)]
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x).to("cuda", non_blocking=True)
             y = self.run_device(x).float().cpu().numpy()
         return [y]
 
     def close(self) -> None:
         self._graphs.clear()
+        self._frame_graphs.clear()
         self._module = None
         super().close()
 

@@ -100,9 +100,12 @@ class BatchedReplay(StepLoop):
                 times.add("preprocess", clock() - t0)
             return x
 
-        # frames are resized on helper threads while this one decodes on, where there are cores to spare
-        # (OpenCV releases the GIL); on two cores the encoders need the second core, so it stays inline
-        pool = ThreadPoolExecutor(self.prep_threads, "replay-preprocess") if self.prep_threads else None
+        # a GPU engine that preprocesses frames itself gets them raw (engines/torch_cuda.py); otherwise frames
+        # are resized on helper threads while this one decodes on, where there are cores to spare (OpenCV
+        # releases the GIL); on two cores the encoders need the second core, so it stays inline
+        raw = use_video and getattr(self.policy.recognizer.engines.encoders["video"], "takes_frames", False)
+        pool = (ThreadPoolExecutor(self.prep_threads, "replay-preprocess")
+                if self.prep_threads and use_video and not raw else None)
         try:
             while not self.stop_event.is_set():
                 ts, mels, images, frame_of = [], [], [], []
@@ -127,18 +130,20 @@ class BatchedReplay(StepLoop):
                             frame_of.append(frame_of[-1] if frame_of else -1)
                         else:
                             previous_raw = frame.copy()
-                            images.append(pool.submit(prep, previous_raw) if pool else prep(previous_raw))
+                            images.append(previous_raw if raw else pool.submit(prep, previous_raw) if pool
+                                          else prep(previous_raw))
                             frame_of.append(len(images) - 1)
                 if not ts:
                     break
                 if pool is not None:
                     images = [f.result() for f in images]
+                logmels = None
                 if mels:
                     t0 = clock()
-                    mels = _batch_logmel(mels, spec.audio, int(round(self.step_ms * spec.audio.sample_rate / 1000)))
+                    step = int(round(self.step_ms * spec.audio.sample_rate / 1000))
+                    logmels = _batch_logmel(mels, spec.audio, step)
                     times.add("audio_frontend", clock() - t0)
-                batch = Batch(ts, mels if len(mels) else None, np.stack(images) if images else None,
-                              frame_of)
+                batch = Batch(ts, logmels, np.stack(images) if images else None, frame_of)
                 while not self.stop_event.is_set():
                     try:
                         out.put(batch, timeout=0.1)

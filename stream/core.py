@@ -48,9 +48,11 @@ def _encode(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio
     if "video" in spec.modalities:
         if frame is not None:
             t0 = clock()
-            x = preprocess_frame(frame, spec.video)[None]
+            engine = engines.encoders["video"]
+            # a GPU engine that preprocesses frames itself takes the BGR frame as it is (engines/torch_cuda.py)
+            x = frame[None] if getattr(engine, "takes_frames", False) else preprocess_frame(frame, spec.video)[None]
             t1 = clock()
-            last_video = engines.encoders["video"].run({"image": x})["embedding"]
+            last_video = engine.run({"image": x})["embedding"]
             times.add("preprocess", t1 - t0)
             times.add("video_cnn", clock() - t1)
         out["video"] = last_video if last_video is not None else np.zeros((1, 1280), np.float32)
