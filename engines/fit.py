@@ -54,7 +54,7 @@ def fit_temporal(temporal: Temporal, sample: Callable[[np.random.Generator], Bat
         history.append({"epoch": epoch + 1, "loss": total / steps_per_epoch, **({"score": score} if validate else {})})
         if progress:
             progress(epoch + 1, m)
-        if score > best:
+        if score >= best:  # ties go to the later epoch: more training at the same validation score
             best, best_m, waited = score, {**m, "epoch": epoch + 1}, 0
             best_state = {k: v.clone() for k, v in temporal.state_dict().items()}
         else:
