@@ -7,6 +7,8 @@ into the engine cache on first use.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,31 +198,37 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         from .torch_backend import TorchEngine
 
         inputs, outputs = temporal_io(spec.new_temporal())
+        # weights.pt is read once for both engines that need it (the audio CNN and the temporal network)
+        modules = functools.cache(lambda: load_torch_modules(spec))
+        pretrained = functools.partial(_load_efficientnet, spec.video.size if spec.video else 224)
         if backend == "torch-cuda":
             from .torch_cuda import CudaEagerEngine, CudaGraphEngine
 
             enc = {}
             if "audio" in spec.modalities:
-                enc["audio"] = CudaGraphEngine("audio_encoder", lambda: load_torch_modules(spec)[0], "logmel",
+                enc["audio"] = CudaGraphEngine("audio_encoder", lambda: modules()[0], "logmel",
                                                "embedding", (spec.audio.frames, spec.audio.n_mels))
             if "video" in spec.modalities:
-                from . import efficientnet
-                enc["video"] = CudaGraphEngine("video_encoder", lambda: efficientnet.load_pretrained(spec.video.size),
+                enc["video"] = CudaGraphEngine("video_encoder", pretrained,
                                                "image", "embedding", (3, spec.video.size, spec.video.size),
                                                channels_last=True, frames=spec.video)
             step = {m: (1, 1, d) for m, d in spec.dims.items()} | {s: (1, 1, spec.hidden) for s in ("h0", "c0")}
-            return Engines(enc, CudaEagerEngine("temporal", lambda: load_torch_modules(spec)[1], inputs, outputs,
+            return Engines(enc, CudaEagerEngine("temporal", lambda: modules()[1], inputs, outputs,
                                                 step))
         enc = {}
         if "audio" in spec.modalities:
-            enc["audio"] = TorchEngine("audio_encoder", lambda: load_torch_modules(spec)[0], ["logmel"],
+            enc["audio"] = TorchEngine("audio_encoder", lambda: modules()[0], ["logmel"],
                                        ["embedding"], threads)
         if "video" in spec.modalities:
-            from . import efficientnet
-            enc["video"] = TorchEngine("video_encoder", efficientnet.load_pretrained, ["image"], ["embedding"],
-                                       threads)
-        return Engines(enc, TorchEngine("temporal", lambda: load_torch_modules(spec)[1], inputs, outputs, threads))
+            enc["video"] = TorchEngine("video_encoder", pretrained, ["image"], ["embedding"], threads)
+        return Engines(enc, TorchEngine("temporal", lambda: modules()[1], inputs, outputs, threads))
     raise EngineError(f"backend {backend!r} unknown: expected onnxruntime, torch, torch-cuda or tensorrt")
+
+
+def _load_efficientnet(size: int):
+    from . import efficientnet
+
+    return efficientnet.load_pretrained(size)
 
 
 class _LazyPath(Engine):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from stream.errors import ConfigError, SourceError
-from stream.frontend import VideoFeatures, audio_window, preprocess_frame
+from stream.core import StageTimes, encode_step
+from stream.frontend import VideoFeatures
 from stream.sources import FileSource
 
 from .bundle import ModelSpec, load_spec, load_torch_modules, open_engines, save_model
@@ -116,7 +117,7 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
         if "video" in spec.modalities and not src.has_video_track:
             raise SourceError(f"{item.path}: has no video, but arch {spec.arch} needs video")
         out: dict[str, list] = {m: [] for m in spec.modalities}
-        k, last_v = 0, None
+        k, last_v, times = 0, None, StageTimes()
         while True:
             k += 1
             t = k * STEP_S
@@ -127,15 +128,10 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
                 break
             if item.start is not None and t < item.start:
                 continue
-            if "audio" in spec.modalities:
-                mel = audio_window(snap.audio, spec.audio)[None]
-                out["audio"].append(engines.encoders["audio"].run({"logmel": mel})["embedding"][0])
-            if "video" in spec.modalities:
-                if snap.frame is not None:
-                    img = snap.frame[:, ::-1] if flip else snap.frame
-                    x = preprocess_frame(np.ascontiguousarray(img), spec.video)[None]
-                    last_v = engines.encoders["video"].run({"image": x})["embedding"][0]
-                out["video"].append(last_v if last_v is not None else np.zeros(1280, np.float32))
+            frame = np.ascontiguousarray(snap.frame[:, ::-1]) if flip and snap.frame is not None else snap.frame
+            embs, last_v = encode_step(spec, engines, times, frame, snap.audio, last_v)  # the step core's encoders
+            for m, e in embs.items():
+                out[m].append(e[0])
     finally:
         src.close()
     if not out[spec.modalities[0]]:

@@ -56,6 +56,24 @@ def require_cuda():
     return torch
 
 
+
+def _capture(forward, x):
+    """Warm `forward(x)` up on a side stream, as CUDA graph capture requires, then capture one call.
+    x: the static input (a tensor, or anything forward takes). Returns (graph, output): replaying the graph
+    recomputes the output from x's buffers."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            forward(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = forward(x)
+    return graph, y
+
 class CudaGraphEngine(Engine):
     """An encoder (one input, one output) on the GPU in FP16 with CUDA graphs per batch bucket.
 
@@ -94,20 +112,12 @@ class CudaGraphEngine(Engine):
             module = module.to(memory_format=torch.channels_last)
         self._module = module
         self._dtype = dtype
-        stream = torch.cuda.Stream()
         with torch.inference_mode():
             for b in self.buckets:
                 x = torch.randn((b, *self.sample_shape), device="cuda", dtype=dtype)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(3):  # warm-up on a side stream, as graph capture requires
-                        module(x)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    y = module(x)
+                graph, y = _capture(module, x)
                 self._graphs[b] = (graph, x, y)
         torch.cuda.synchronize()
         self._loaded = True
@@ -154,15 +164,7 @@ class CudaGraphEngine(Engine):
                 return self._module(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
             xin = torch.zeros((b, h, w, 3), dtype=torch.uint8, device="cuda")
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up (and the resize weights) outside the capture
-                    forward(xin)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                y = forward(xin)
+            graph, y = _capture(forward, xin)  # the warm-up also uploads the resize weights, outside the capture
             self._frame_graphs[key] = (graph, xin, y)
         return self._frame_graphs[key]
 
@@ -235,15 +237,7 @@ class CudaEagerEngine(Engine):
         if self.step_shapes:
             static = [torch.zeros(self.step_shapes[n], device="cuda") for n in self.input_names]
             with torch.inference_mode():
-                stream = torch.cuda.Stream()
-                stream.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(stream):
-                    for _ in range(3):
-                        self._module(*static)
-                torch.cuda.current_stream().wait_stream(stream)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    outs = self._module(*static)
+                graph, outs = _capture(lambda xs: self._module(*xs), static)
             self._graph = (graph, static, outs)
         self._loaded = True
 

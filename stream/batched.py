@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engines.archs import VIDEO_DIM
+
 from .core import Recognizer, StageTimes
-from .frontend import audio_window, logmel, preprocess_frame
+from .frontend import audio_window, grid_windows, preprocess_frame
 from .loop import RunSummary, StepLoop
 
 log = logging.getLogger(__name__)
@@ -44,20 +46,13 @@ class Batch:
 
 
 def _batch_logmel(windows: list[np.ndarray], spec, step: int) -> np.ndarray:
-    """The audio CNN inputs of consecutive steps from their audio windows: (T, frames, n_mels).
-
-    Equal to [audio_window(w) for w in windows], but where the step is a whole number of hops the windows
-    overlap on the same log-mel frame grid, so each frame is computed once (a batch of 32 steps: 406 frames
-    instead of 3072)."""
+    """The audio CNN inputs of consecutive steps from their audio windows: (T, frames, n_mels), equal to
+    [audio_window(w) for w in windows]; on the shared frame grid (frontend.grid_windows) where it applies."""
     need = spec.window_samples
-    full = all(len(w) >= need for w in windows)
-    if step % spec.hop or step > need or not full:
+    if step % spec.hop or step > need or not all(len(w) >= need for w in windows):
         return np.stack([audio_window(w, spec) for w in windows])
     joined = np.concatenate([windows[0][-need:]] + [w[-step:] for w in windows[1:]])
-    mel = logmel(joined, spec)
-    k = step // spec.hop
-    idx = (np.arange(len(windows)) * k)[:, None] + np.arange(spec.frames)[None, :]
-    return mel[idx]
+    return grid_windows(joined, spec, step, len(windows))
 
 
 class BatchedReplay(StepLoop):
@@ -187,7 +182,7 @@ class BatchedReplay(StepLoop):
             for i in batch.frame_of:  # -1: no new frame, the last embedding holds (as in Recognizer.step)
                 if i >= 0:
                     last_video = video[i:i + 1]
-                rows.append(last_video if last_video is not None else np.zeros((1, 1280), np.float32))
+                rows.append(last_video if last_video is not None else np.zeros((1, VIDEO_DIM), np.float32))
             embs["video"] = np.concatenate(rows)
         return embs, last_video
 
@@ -208,10 +203,9 @@ class BatchedReplay(StepLoop):
                 embs, last_video = self._encode(batch, last_video)
                 probs = rec.step_many(embs, batch.ts)
                 t0 = clock()
-                for t, p in zip(batch.ts, probs):
+                for t, labels in self.policy.label(zip(batch.ts, probs)):
                     k += 1
                     wall = self.virtual_epoch + t
-                    labels = {h: self.policy.heads[h].update(p[h], t) for h in self.policy.heads}
                     self._publish_labels([(t, labels)], wall)
                     if k % self.status_every == 0:
                         self._status("running", t, wall, k, self.status_every, 0.0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engines.bundle import Engines, ModelSpec
-from engines.archs import video_motion
+from engines.archs import VIDEO_DIM, video_motion
 from stream.errors import EngineError
 
 from .frontend import audio_window, preprocess_frame
@@ -33,8 +33,9 @@ class StageTimes:
         return {k: round(v * 1000.0 / n, 3) for k, v in self.seconds.items()}
 
 
-def _encode(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio, last_video):
+def encode_step(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio, last_video):
     """Run the encoders of one step: modality -> (1, D) embedding. Returns (embeddings, newest video embedding).
+    Training computes its cached embeddings with this same function (engines/teach.py).
     (Video motion features, where the model uses them, are added by the caller, which holds their state.)"""
     out: dict[str, np.ndarray] = {}
     clock = time.perf_counter
@@ -55,7 +56,7 @@ def _encode(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio
             last_video = engine.run({"image": x})["embedding"]
             times.add("preprocess", t1 - t0)
             times.add("video_cnn", clock() - t1)
-        out["video"] = last_video if last_video is not None else np.zeros((1, 1280), np.float32)
+        out["video"] = last_video if last_video is not None else np.zeros((1, VIDEO_DIM), np.float32)
     return out, last_video
 
 
@@ -84,14 +85,27 @@ class Recognizer:
         self._last_video = None
         self._motion: np.ndarray | None = None
 
+    def _keep_continuity(self, t: float) -> None:
+        """Reset when the stream's continuity breaks: time going backwards, or a gap over max_gap_s."""
+        if self._last_t is not None and (t < self._last_t or t - self._last_t > self.max_gap_s):
+            self.reset()
+
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
+                t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """The recognizers' common interface: the (time, probabilities) pairs this step produces."""
+        return [(t, self.step(frame, audio, t))]
+
+    def flush(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+        """Nothing is held back by a causal model."""
+        return []
+
     def step(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> dict[str, np.ndarray]:
         """frame: BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused);
         audio: mono float32 samples ending at t (at least one window; shorter is padded) or None;
         t: media time in seconds. Returns head -> probabilities (float32, in spec.heads order)."""
-        if self._last_t is not None and (t < self._last_t or t - self._last_t > self.max_gap_s):
-            self.reset()
+        self._keep_continuity(t)
         self._last_t = t
-        embs, self._last_video = _encode(self.spec, self.engines, self.times, frame, audio, self._last_video)
+        embs, self._last_video = encode_step(self.spec, self.engines, self.times, frame, audio, self._last_video)
         if self.spec.motion:
             embs["video"], self._motion = video_motion(embs["video"], self._motion)
         feeds = {m: e[:, None, :] for m, e in embs.items()}
@@ -113,8 +127,7 @@ class Recognizer:
         clock = time.perf_counter
         i, n = 0, len(ts)
         while i < n:
-            if self._last_t is not None and (ts[i] < self._last_t or ts[i] - self._last_t > self.max_gap_s):
-                self.reset()
+            self._keep_continuity(ts[i])
             j = i + 1
             while j < n and ts[j - 1] <= ts[j] <= ts[j - 1] + self.max_gap_s:
                 j += 1
@@ -168,9 +181,9 @@ class LookaheadRecognizer:
         self.times.add("lstm", time.perf_counter() - t0)
         return {head: out[head][0, k - lo] for head in self.spec.heads}
 
-    def step(self, frame, audio, t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
+    def advance(self, frame, audio, t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
         """Buffer this step; return the (time, probabilities) of the step `lookahead` steps back, if any."""
-        embs, self._last_video = _encode(self.spec, self.engines, self.times, frame, audio, self._last_video)
+        embs, self._last_video = encode_step(self.spec, self.engines, self.times, frame, audio, self._last_video)
         if self.spec.motion:
             embs["video"], self._motion = video_motion(embs["video"], self._motion)
         self._embs.append(embs)
@@ -261,16 +274,13 @@ class LabelPolicy:
         probs = self.recognizer.step(frame, audio, t)
         return {h: self.heads[h].update(probs[h], t) for h in self.heads}
 
-    def _label(self, pairs) -> list[tuple[float, dict[str, HeadLabel]]]:
+    def label(self, pairs) -> list[tuple[float, dict[str, HeadLabel]]]:
+        """Labels for (time, probabilities) pairs, in order (the batched replay feeds its steps here)."""
         return [(t, {h: self.heads[h].update(p[h], t) for h in self.heads}) for t, p in pairs]
 
     def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
                 t: float) -> list[tuple[float, dict[str, HeadLabel]]]:
-        if isinstance(self.recognizer, LookaheadRecognizer):
-            return self._label(self.recognizer.step(frame, audio, t))
-        return [(t, self.step(frame, audio, t))]
+        return self.label(self.recognizer.advance(frame, audio, t))
 
     def flush(self) -> list[tuple[float, dict[str, HeadLabel]]]:
-        if isinstance(self.recognizer, LookaheadRecognizer):
-            return self._label(self.recognizer.flush())
-        return []
+        return self.label(self.recognizer.flush())

@@ -120,20 +120,25 @@ def preprocess_frame(frame_bgr: np.ndarray, spec: VideoFeatures) -> np.ndarray:
     return cv2.dnn.blobFromImage(small, 1.0 / spec.std, None, (spec.mean,) * 3, swapRB=True, crop=False)[0]
 
 
+def grid_windows(x: np.ndarray, spec: AudioFeatures, step: int, n: int) -> np.ndarray:
+    """CNN inputs of n consecutive windows of x: window i is x[i * step : i * step + window_samples].
+    Returns (n, frames, n_mels). Where `step` is a whole number of hops the windows share one log-mel frame
+    grid, so each frame is computed once (32 steps of 100 ms: 406 frames instead of 3072)."""
+    if step % spec.hop:
+        raise ValueError(f"step {step} samples is not a multiple of the hop {spec.hop}")
+    mel = logmel(np.asarray(x[:spec.window_samples + (n - 1) * step], dtype=np.float32), spec)
+    idx = (np.arange(n) * (step // spec.hop))[:, None] + np.arange(spec.frames)[None, :]
+    return mel[idx]
+
+
 def step_windows(samples: np.ndarray, spec: AudioFeatures, step: int, n_steps: int) -> np.ndarray:
     """CNN inputs for steps 1..n_steps of a stream, step k ending at sample k * step: (n_steps, frames, n_mels).
 
-    Equal to `audio_window(samples[:k * step])` for every k, but computes each log-mel frame once, so
-    training and batched replay see what the step loop sees. `step` must be a multiple of spec.hop.
+    Equal to `audio_window(samples[:k * step])` for every k (the past before the stream is silence), so
+    training sees what the step loop sees.
     """
-    if step % spec.hop:
-        raise ValueError(f"step {step} samples is not a multiple of the hop {spec.hop}")
     w = spec.window_samples
-    x = np.concatenate([np.zeros(w, dtype=np.float32), np.asarray(samples, dtype=np.float32)])
-    need = w + n_steps * step
-    if len(x) < need:
-        x = np.concatenate([x, np.zeros(need - len(x), dtype=np.float32)])
-    mel = logmel(x[:need], spec)
-    k = step // spec.hop
-    idx = (np.arange(1, n_steps + 1) * k)[:, None] + np.arange(spec.frames)[None, :]
-    return mel[idx]
+    x = np.zeros(w + n_steps * step, dtype=np.float32)
+    tail = np.asarray(samples, dtype=np.float32)[:n_steps * step]
+    x[w:w + len(tail)] = tail
+    return grid_windows(x[step:], spec, step, n_steps)
