@@ -7,6 +7,9 @@ the two equal). The CLI overrides a few fields with `dataclasses.replace`; it do
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +21,91 @@ BACKENDS = ("onnxruntime", "torch", "torch-cuda", "tensorrt")
 PRECISIONS = ("auto", "fp32", "int8")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # config.toml is 2.6 KB; a megabyte is already no hand-written config
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value for a one-line message: repr (escapes newlines), cut to `limit` characters."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
+
+def _name(key: str) -> str:
+    """A section or key name for a message: as written when it is a plain short name, else quoted."""
+    return key if key.isidentifier() and len(key) <= 40 else _show(key, 40)
+
+
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{key} = {value!r} is invalid: expected {allowed}")
+        raise ConfigError(f"{key} = {_show(value)} is invalid: expected {allowed}")
+
+
+def _int(v: Any) -> bool:
+    """An integer, and not a bool (True is an int in Python: `threads = true` is not 1 thread)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    """A finite number, and not a bool (`seconds = inf` or `nan` is not a duration)."""
+    return (_int(v) and abs(v) < 2 ** 53) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _text(v: Any) -> bool:
+    """A string that can be a path, URL or device name: short, no NUL or line breaks."""
+    return isinstance(v, str) and len(v) <= 4096 and not any(c in v for c in "\x00\n\r")
+
+
+def read_small_file(path: str | Path, limit: int, what: str, error: type[Exception] = ConfigError,
+                    fix: str = "pass another file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or `error` naming the file.
+
+    The file is opened non-blocking and checked with fstat before anything is read: a FIFO would otherwise
+    block forever, /dev/zero would be read for ever, and a folder or device is no file. The read itself is
+    bounded too (a file can grow between fstat and read). what: the file's role in messages ("config file").
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError as exc:
+        raise error(f"{what} {path} not found: check the path") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{what} {path} is a folder, not a file: {fix}") from exc
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be opened ({exc.strerror}): {fix}") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{what} {path} is a folder, not a file: {fix}")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
+            raise error(f"{what} {path} is not a regular file ({kind}): {fix}")
+        if st.st_size > limit:
+            raise error(f"{what} {path} is {st.st_size} bytes, more than the {limit} allowed: {fix}")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise error(f"{what} {path} grew past {limit} bytes while being read: {fix}")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise error(f"{what} {path} cannot be read ({exc.strerror}): {fix}") from exc
+    finally:
+        os.close(fd)
+
+
+def decode_utf8(data: bytes, path: str | Path, what: str, error: type[Exception] = ConfigError,
+                fix: str = "pass a UTF-8 text file") -> str:
+    """Strict UTF-8, or `error` naming the first bad byte and its offset."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                    f"{fix}") from exc
 
 
 @dataclass(frozen=True)
@@ -30,7 +115,7 @@ class StepConfig:
     step_ms: int = 100
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.step_ms, int) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
+        _check(_int(self.step_ms) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
                "step.step_ms", self.step_ms, "a multiple of 10 between 10 and 2000")
 
 
@@ -46,9 +131,9 @@ class ModelConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.path, str) and self.path != "", "model.path", self.path, "a model name or folder")
+        _check(_text(self.path) and self.path != "", "model.path", self.path, "a model name or folder")
         _check(self.backend in BACKENDS, "model.backend", self.backend, " | ".join(BACKENDS))
-        _check(isinstance(self.threads, int) and 0 <= self.threads <= 256, "model.threads", self.threads,
+        _check(_int(self.threads) and 0 <= self.threads <= 256, "model.threads", self.threads,
                "an integer from 0 (one per core) to 256")
         _check(self.precision in PRECISIONS, "model.precision", self.precision, " | ".join(PRECISIONS))
 
@@ -71,15 +156,15 @@ class PolicyConfig:
     min_hold_ms: int = 0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.smoothing, (int, float)) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
+        _check(_num(self.smoothing) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
                self.smoothing, "a number in (0, 1]")
-        _check(isinstance(self.enter, (int, float)) and 0.0 <= self.enter <= 1.0, "policy.enter", self.enter,
+        _check(_num(self.enter) and 0.0 <= self.enter <= 1.0, "policy.enter", self.enter,
                "a probability in [0, 1]")
-        _check(isinstance(self.exit, (int, float)) and 0.0 <= self.exit <= self.enter, "policy.exit", self.exit,
+        _check(_num(self.exit) and 0.0 <= self.exit <= self.enter, "policy.exit", self.exit,
                f"a probability in [0, policy.enter = {self.enter}]")
-        _check(isinstance(self.switch_steps, int) and 1 <= self.switch_steps <= 100, "policy.switch_steps",
+        _check(_int(self.switch_steps) and 1 <= self.switch_steps <= 100, "policy.switch_steps",
                self.switch_steps, "an integer from 1 to 100")
-        _check(isinstance(self.min_hold_ms, int) and 0 <= self.min_hold_ms <= 60000, "policy.min_hold_ms",
+        _check(_int(self.min_hold_ms) and 0 <= self.min_hold_ms <= 60000, "policy.min_hold_ms",
                self.min_hold_ms, "milliseconds from 0 to 60000")
 
 
@@ -97,13 +182,13 @@ class PublishConfig:
     insecure: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.endpoint, str) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
+        _check(_text(self.endpoint) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
                "a ZeroMQ endpoint such as tcp://127.0.0.1:5556, or \"none\" to disable")
-        _check(isinstance(self.hwm, int) and 1 <= self.hwm <= 10_000_000, "publish.hwm", self.hwm,
+        _check(_int(self.hwm) and 1 <= self.hwm <= 10_000_000, "publish.hwm", self.hwm,
                "an integer from 1 to 10000000")
-        _check(isinstance(self.status_every_ms, int) and 100 <= self.status_every_ms <= 3_600_000,
+        _check(_int(self.status_every_ms) and 100 <= self.status_every_ms <= 3_600_000,
                "publish.status_every_ms", self.status_every_ms, "milliseconds from 100 to 3600000")
-        _check(isinstance(self.keys, str), "publish.keys", self.keys, "a keys folder made by `actstream keys`, or \"\"")
+        _check(_text(self.keys), "publish.keys", self.keys, "a keys folder made by `actstream keys`, or \"\"")
         _check(isinstance(self.insecure, bool), "publish.insecure", self.insecure, "true or false")
 
 
@@ -118,7 +203,7 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.realtime, bool), "replay.realtime", self.realtime, "true or false")
-        _check(isinstance(self.batch_steps, int) and 1 <= self.batch_steps <= 64, "replay.batch_steps",
+        _check(_int(self.batch_steps) and 1 <= self.batch_steps <= 64, "replay.batch_steps",
                self.batch_steps, "an integer from 1 (step by step) to 64")
 
 
@@ -138,19 +223,19 @@ class LiveConfig:
     stall_s: float = 2.0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.camera, str) and self.camera != "", "live.camera", self.camera,
+        _check(_text(self.camera) and self.camera != "", "live.camera", self.camera,
                "a camera index, name, URL or \"none\"")
-        _check(isinstance(self.mic, str) and self.mic != "", "live.mic", self.mic,
+        _check(_text(self.mic) and self.mic != "", "live.mic", self.mic,
                "a microphone index, name, \"default\" or \"none\"")
-        _check(isinstance(self.seconds, (int, float)) and self.seconds >= 0, "live.seconds", self.seconds,
-               "seconds >= 0 (0 = until stopped)")
-        _check(isinstance(self.frame_ring, int) and 2 <= self.frame_ring <= 1000, "live.frame_ring",
+        _check(_num(self.seconds) and 0 <= self.seconds <= 1e9, "live.seconds", self.seconds,
+               "seconds from 0 (until stopped) to 1e9")
+        _check(_int(self.frame_ring) and 2 <= self.frame_ring <= 1000, "live.frame_ring",
                self.frame_ring, "an integer from 2 to 1000")
-        _check(isinstance(self.audio_ring_s, (int, float)) and 2.0 <= self.audio_ring_s <= 600, "live.audio_ring_s",
+        _check(_num(self.audio_ring_s) and 2.0 <= self.audio_ring_s <= 600, "live.audio_ring_s",
                self.audio_ring_s, "seconds from 2 to 600")
-        _check(isinstance(self.audio_block_ms, int) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
+        _check(_int(self.audio_block_ms) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
                self.audio_block_ms, "milliseconds from 5 to 200")
-        _check(isinstance(self.stall_s, (int, float)) and 0.2 <= self.stall_s <= 60, "live.stall_s", self.stall_s,
+        _check(_num(self.stall_s) and 0.2 <= self.stall_s <= 60, "live.stall_s", self.stall_s,
                "seconds from 0.2 to 60")
 
 
@@ -179,15 +264,14 @@ def load_config(path: str | Path | None = None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
+    fix = "pass a TOML file such as the repository's config.toml to --config"
+    text = decode_utf8(read_small_file(path, MAX_CONFIG_BYTES, "config file", fix=fix), path, "config file", fix=fix)
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} not found: check the path given to --config") from exc
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    except RecursionError as exc:  # arrays or inline tables nested thousands deep
+        raise ConfigError(f"config file {path} nests arrays or tables too deeply to read: {fix}") from exc
     return config_from_dict(data, source=str(path))
 
 
@@ -195,18 +279,20 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     sections = {}
     for name, value in data.items():
         if name not in _SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{name}]: expected one of {', '.join(_SECTIONS)}")
+            raise ConfigError(f"{source}: unknown section [{_name(name)}]: expected one of {', '.join(_SECTIONS)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {value!r}")
+            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {_show(value)}")
         cls = _SECTIONS[name]
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, v in value.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key {name}.{key}: expected one of {', '.join(known)}")
-            if known[key].type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                raise ConfigError(f"{source}: unknown key {name}.{_name(key)}: expected one of {', '.join(known)}")
+            if known[key].type == "float" and _int(v) and abs(v) < 2 ** 53:  # larger: refused by the range check
                 value[key] = float(v)
         try:
             sections[name] = cls(**value)
+        except ConfigError as exc:  # name the file the bad value came from
+            raise ConfigError(f"{source}: {exc}") from exc
         except TypeError as exc:  # pragma: no cover - guarded by the key check above
             raise ConfigError(f"{source}: [{name}]: {exc}") from exc
     return Config(**sections)

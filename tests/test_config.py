@@ -1,8 +1,9 @@
 import dataclasses
+import os
 
 import pytest
 
-from stream.config import Config, load_config
+from stream.config import MAX_CONFIG_BYTES, Config, load_config
 from stream.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
@@ -41,3 +42,89 @@ def test_cli_rejects_invalid_config_in_one_line(tmp_path, media):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert "policy.smoothing = 0.0 is invalid" in r.stderr
+
+
+# issue 10, item 6: bytes that are no config give one ConfigError line, read from a regular file only and
+# bounded (the checks run before any byte is read from a FIFO or a device)
+
+def _config_error(path) -> str:
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_random_bytes_and_non_utf8_are_refused(tmp_path):
+    p = tmp_path / "random.toml"
+    p.write_bytes(bytes(range(256)) * 8)
+    assert "not UTF-8 text (byte 0x80 at offset 128)" in _config_error(p)
+    p.write_bytes("[step]\nstep_ms = 100 # caf\xe9\n".encode("latin-1"))
+    assert "not UTF-8 text" in _config_error(p)
+
+
+def test_a_media_file_as_config_is_one_line(media):
+    r = run_cli("replay", str(media["wav"]), "--config", str(media["mp4"]), "--publish", "none")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("actstream: error: config file") and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+@pytest.mark.parametrize("body", ["a = " + "[" * 50_000 + "]" * 50_000 + "\n",
+                                  "a = " + "{b = " * 50_000 + "1" + "}" * 50_000 + "\n"])
+def test_deep_nesting_is_refused(tmp_path, body):
+    p = tmp_path / "deep.toml"
+    p.write_text(body)
+    assert "too deeply" in _config_error(p)
+
+
+def test_dev_zero_is_not_read(tmp_path):
+    assert "not a regular file (a device)" in _config_error("/dev/zero")
+
+
+def test_a_fifo_does_not_hang(tmp_path, media):
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file (a FIFO)" in _config_error(fifo)
+    # and the command, in a child process, says so instead of waiting for a writer
+    r = run_cli("replay", str(media["wav"]), "--config", str(fifo), "--publish", "none", timeout=60)
+    assert r.returncode == 2 and "not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_folder_and_oversized_file_are_refused(tmp_path):
+    assert "is a folder" in _config_error(tmp_path)
+    p = tmp_path / "big.toml"
+    p.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    assert f"more than the {MAX_CONFIG_BYTES} allowed" in _config_error(p)
+
+
+# issue 10, item 9: a bool is no number, and neither is inf or nan
+
+@pytest.mark.parametrize("body, words", [
+    ("[model]\nthreads = true\n", ["model.threads = True"]),
+    ("[publish]\nhwm = true\n", ["publish.hwm = True"]),
+    ("[live]\nseconds = inf\n", ["live.seconds = inf"]),
+    ("[live]\nseconds = nan\n", ["live.seconds = nan"]),
+    ("[policy]\nsmoothing = true\n", ["policy.smoothing = True"]),
+    ("[step]\nstep_ms = false\n", ["step.step_ms = False"]),
+    ("[live]\nstall_s = -inf\n", ["live.stall_s = -inf"]),
+    ("[live]\nseconds = 100000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+     "00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+     "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+     "000000000000000000000000000000000000000000000000000000000000000000000000\n", ["live.seconds"]),
+    ("[model]\npath = \"a\\u0000b\"\n", ["model.path"]),
+    ("[\"a\\nb\"]\n", ["unknown section ['a\\nb']"]),
+])
+def test_numbers_are_not_bools_nor_infinite(tmp_path, body, words):
+    p = tmp_path / "c.toml"
+    p.write_text(body)
+    msg = _config_error(p)
+    for w in words:
+        assert w in msg
+
+
+def test_cli_refuses_threads_true_in_one_line(tmp_path, media):
+    p = tmp_path / "c.toml"
+    p.write_text("[model]\nthreads = true\n")
+    r = run_cli("replay", str(media["wav"]), "--config", str(p), "--publish", "none")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "model.threads = True is invalid" in r.stderr
