@@ -14,10 +14,18 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 30, 50, 100, 200, 500, 1000)
 
 
+def check_port(port, what: str = "--metrics-port") -> int:
+    """A TCP port to serve on: 1-65535, or 0 for any free one."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"{what} {port!r} is not a TCP port: pass a port from 1 to 65535 (or 0 for any free one)")
+    return port
+
+
 class Metrics:
     """Serves /metrics on host:port. Metric names start with actstream_."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", model: str = "", backend: str = "", source: str = ""):
+        check_port(port)
         try:
             import prometheus_client as pc
         except ImportError as exc:  # pragma: no cover - a dependency of the package

@@ -13,6 +13,13 @@ Socket handling:
   counted per topic (`bus_overflows`; ZeroMQ does not say how many messages each subscriber then missed:
   the subscriber knows, from `seq`). The pipeline never blocks on a subscriber.
 - security: a non-loopback bind needs CURVE keys (stream/security.py) or an explicit insecure flag.
+- hostile peers: what a peer can make the publisher hold is bounded before and after authentication. An
+  inbound frame (a handshake command or a subscription) over MAX_INBOUND_BYTES drops that connection before
+  it is buffered (ZMQ_MAXMSGSIZE); a handshake not finished in HANDSHAKE_MS drops it too; each peer has at
+  most INBOUND_HWM subscription messages queued. Subscriptions are read on the step thread, at most
+  MAX_SUBSCRIPTIONS_PER_SEND per publish() call, so a flood of them costs each step a bounded, small time;
+  and a topic's last message is re-sent to late joiners at most once per message (so a subscription flood
+  cannot multiply the traffic every subscriber receives).
 - only labels: a message is a small JSON object; anything larger than MAX_MESSAGE_BYTES (raw frames or
   audio would be) is refused.
 """
@@ -35,6 +42,13 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 TOPICS_FIXED = ("status",)
 MAX_MESSAGE_BYTES = 65536  # a label message is ~300 bytes (~30 per class); a frame or a second of audio is far more
+# What a peer may send us: subscriptions (1 byte + a topic prefix) and, on CURVE, handshake commands (INITIATE is
+# ~300 bytes with its metadata; 512 is the least that works with libzmq 4.3). 1 KiB refuses a 1 GiB claim at
+# once, before any byte of it is buffered, on any mechanism and before authentication.
+MAX_INBOUND_BYTES = 1024
+HANDSHAKE_MS = 5000  # a peer that has not finished the ZMTP (and CURVE) handshake by then is dropped
+INBOUND_HWM = 100  # subscription messages queued per peer before ZeroMQ stops reading from it (TCP pushes back)
+MAX_SUBSCRIPTIONS_PER_SEND = 200  # (un)subscriptions handled per publish() call: ~0.3 ms of the step at most
 
 
 def _round(x: Any) -> Any:
@@ -79,6 +93,8 @@ class Publisher:
         self.bus_overflows: dict[str, int] = {}  # topic -> times a subscriber's queue was full
         self.welcomes = 0  # last-value messages sent to late joiners
         self._subscribers = 0
+        self._welcomed: set[str] = set()  # topics whose last message was re-sent since it was published
+        self.subscriptions = 0  # subscription messages received (joins, and whatever a peer sends)
         if endpoint:
             check_bind(endpoint, keys, insecure)
         if out is not None:
@@ -97,6 +113,9 @@ class Publisher:
                 self._sock.setsockopt(zmq.LINGER, 0)
                 self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, so each late joiner is seen
                 self._sock.setsockopt(zmq.XPUB_NODROP, 1)  # a full queue says EAGAIN: overflows can be counted
+                self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
+                self._sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+                self._sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
                 if keys:
                     from .security import CurveServer
 
@@ -113,22 +132,43 @@ class Publisher:
                 raise
             self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
 
-    def _drain_subscriptions(self, timeout_ms: int = 0) -> None:
+    def _drain_subscriptions(self, timeout_ms: int = 0, limit: int = MAX_SUBSCRIPTIONS_PER_SEND) -> int:
+        """Read up to `limit` (un)subscription messages (waiting up to timeout_ms for the first); answer the
+        subscriptions among them with the current labels. Returns how many were read."""
         zmq = self._zmq
-        while self._sock.poll(timeout_ms, zmq.POLLIN):
-            msg = self._sock.recv()
+        if not self._sock.poll(timeout_ms, zmq.POLLIN):
+            return 0
+        prefixes = []
+        n = 0
+        while n < limit:
+            try:
+                msg = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
             if msg[:1] == b"\x01":
                 self._subscribers += 1
-                self._welcome(msg[1:])
+                prefixes.append(msg[1:])
             elif msg[:1] == b"\x00":
                 self._subscribers = max(0, self._subscribers - 1)
-            timeout_ms = 0
+        self.subscriptions += n
+        if prefixes:
+            self._welcome(prefixes)
+        return n
 
-    def _welcome(self, prefix: bytes) -> None:
-        """Answer a subscription with the last message of each topic it matches (the current label state)."""
+    def _welcome(self, prefixes: list[bytes]) -> None:
+        """Answer subscriptions with the last message of each topic they match (the current label state).
+
+        Each last message is re-sent once at most: the subscribers already connected receive it again too
+        (a repeat, which they drop), so answering every subscription of a flood would multiply their traffic.
+        A subscriber that joins after its topics were re-sent gets the next message of each instead."""
         for topic, data in self._last.items():
-            if topic.encode().startswith(prefix):
+            if topic in self._welcomed:
+                continue
+            name = topic.encode()
+            if any(name.startswith(p) for p in prefixes):
                 self._send(topic, data)
+                self._welcomed.add(topic)
                 self.welcomes += 1
 
     def _send(self, topic: str, data: bytes) -> None:
@@ -173,6 +213,7 @@ class Publisher:
             self._drain_subscriptions()
             self._send(topic, data)
             self._last[topic] = data
+            self._welcomed.discard(topic)
         if self._out is not None:
             self._write_out(data + b"\n", flush=topic == "status")
         for listener in self.listeners:  # in-process consumers: overlay, metrics, plots

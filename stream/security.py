@@ -29,14 +29,69 @@ SERVER = "server"
 CLIENTS = "clients"
 
 
+ENDPOINT_FORMS = "tcp://HOST:PORT (port 1-65535, HOST an address, [IPv6], a name or *), ipc://PATH or inproc://NAME"
+MAX_KEY_FILE_BYTES = 4096  # a certificate file is ~250 bytes (with its secret key ~320); anything larger is not one
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,252})")  # a host name, an interface name, or an IPv4 address
+
+
+def parse_endpoint(endpoint: str, bind: bool = True) -> tuple[str, str, int | None]:
+    """(transport, host or path, port or None for '*' and ipc/inproc) of a ZeroMQ endpoint, or ConfigError.
+
+    ZeroMQ takes a port over 65535 modulo 65536 (`:99999` binds 34463), so every part is checked here.
+    bind: also accept '*' for the host and port (an endpoint to bind; a subscriber connects to one place)."""
+    what = "publish endpoint" if bind else "endpoint"
+    if not isinstance(endpoint, str) or len(endpoint) > 1024 or any(c.isspace() or not c.isprintable()
+                                                                     for c in endpoint):
+        raise ConfigError(f"{what} {str(endpoint)[:80]!r} is not a valid endpoint: expected {ENDPOINT_FORMS}")
+    for transport in ("ipc", "inproc"):
+        if endpoint.startswith(transport + "://"):
+            if len(endpoint) == len(transport) + 3:
+                raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: it names no path: expected "
+                                  f"{ENDPOINT_FORMS}")
+            return transport, endpoint[len(transport) + 3:], None
+    m = re.fullmatch(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):([0-9]{1,5}|\*)", endpoint)
+    if not m:
+        raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: expected {ENDPOINT_FORMS}")
+    host, port_s = m.groups()
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: {host} is not an IPv6 address: "
+                              f"expected {ENDPOINT_FORMS}") from None
+    elif host == "*":
+        if not bind:
+            raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: '*' is for binding; connect to an "
+                              f"address such as tcp://127.0.0.1:5556")
+    elif not _HOST.fullmatch(host):
+        raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: {host!r} is not a host name or "
+                          f"address: expected {ENDPOINT_FORMS}")
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: {host} is not an IPv4 address: "
+                              f"expected {ENDPOINT_FORMS}") from None
+    if port_s == "*":
+        if not bind:
+            raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: '*' is for binding; pass the port")
+        return "tcp", host, None
+    port = int(port_s)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{what} {endpoint!r} is not a valid endpoint: port {port} is out of range: "
+                          f"use a port from 1 to 65535")
+    return "tcp", host, port
+
+
 def is_local(endpoint: str) -> bool:
     """True for endpoints only this machine can reach: tcp on a loopback address, ipc://, inproc://."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    m = re.match(r"^tcp://(.+):(\d+|\*)$", endpoint)
-    if not m:
+    try:
+        transport, host, _ = parse_endpoint(endpoint)
+    except ConfigError:
         return False
-    host = m.group(1).strip("[]")
+    if transport != "tcp":
+        return True
+    host = host.strip("[]")
     if host == "localhost":
         return True
     try:
@@ -60,11 +115,23 @@ def _write_key_file(path: Path, public: bytes, secret: bytes | None) -> None:
     os.chmod(path, 0o600)  # in case the umask was stricter or a stale file existed
 
 
-def make_keys(folder: str | Path, clients: list[str] = ()) -> list[Path]:
-    """Create the server key pair (if absent) and one key pair per client name; returns the files written."""
+def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False) -> list[Path]:
+    """Create the server key pair (if absent) and one key pair per client name; returns the files written.
+
+    An existing client's key is replaced only with replace=True (its old key pair stops working); without,
+    an existing name is refused before anything is written."""
     import zmq
 
     folder = Path(folder)
+    for name in clients:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name == SERVER or set(name) <= {"."}:
+            raise ConfigError(f"client name {name[:80]!r} is not usable: use 1 to 64 letters, digits, '.', '-' or "
+                              f"'_' (and not {SERVER!r})")
+        if not replace:
+            for existing in (folder / CLIENTS / f"{name}.key", folder / f"{name}.key_secret"):
+                if existing.exists() or existing.is_symlink():
+                    raise ConfigError(f"client {name!r} already has a key ({existing}): pass --replace to make "
+                                      f"it a new one (its old key pair stops working), or choose another name")
     written = []
     try:
         (folder / CLIENTS).mkdir(parents=True, exist_ok=True)
@@ -75,9 +142,6 @@ def make_keys(folder: str | Path, clients: list[str] = ()) -> list[Path]:
             _write_key_file(folder / f"{SERVER}.key_secret", public, secret)
             written += [folder / f"{SERVER}.key", folder / f"{SERVER}.key_secret"]
         for name in clients:
-            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == SERVER:
-                raise ConfigError(f"client name {name!r} is not usable: use letters, digits, '.', '-' or '_' "
-                                  f"(and not {SERVER!r})")
             public, secret = zmq.curve_keypair()
             _write_key_file(folder / CLIENTS / f"{name}.key", public, None)
             _write_key_file(folder / f"{name}.key_secret", public, secret)
@@ -87,24 +151,64 @@ def make_keys(folder: str | Path, clients: list[str] = ()) -> list[Path]:
     return written
 
 
+_KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
+
+
+def _read_key_file(path: Path, what: str) -> str:
+    """The text of a certificate file: a regular file, at most MAX_KEY_FILE_BYTES, UTF-8."""
+    hint = "make keys with `actstream keys DIR --client NAME`"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found: {hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror}): {hint}") from exc
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file: {hint}")
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror}): {hint}") from exc
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes, so not a key file: {hint}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a ZeroMQ certificate (not text): {hint}") from None
+
+
 def load_pair(path: str | Path, what: str) -> tuple[bytes, bytes | None]:
-    """(public, secret) from a certificate file; secret is None for a public-only file."""
-    import zmq.auth
+    """(public, secret) from a certificate file (zmq.auth's format); secret is None for a public-only file.
+
+    Read here, bounded, rather than by zmq.auth (which reads any size, and follows a FIFO into a hang)."""
+    from zmq.utils import z85
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} {path} not found: make keys with `actstream keys DIR --client NAME`")
-    try:
-        public, secret = zmq.auth.load_certificate(str(path))
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{what} {path} is not a ZeroMQ certificate ({exc}): make keys with `actstream keys`") from exc
-    if public is None or len(public) != 40:
+    keys: dict[str, bytes] = {}
+    for line in _read_key_file(path, what).splitlines():
+        m = _KEY_LINE.match(line)
+        if m:
+            keys[m.group(1)] = m.group(2).encode()
+    for kind, key in keys.items():
+        try:
+            ok = len(key) == 40 and len(z85.decode(key)) == 32
+        except (ValueError, KeyError, IndexError, OverflowError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{what} {path}: its {kind} key is not a 40-character Z85 CURVE key: make keys "
+                              f"with `actstream keys`")
+    if "public" not in keys:
         raise ConfigError(f"{what} {path} holds no valid public key: make keys with `actstream keys`")
-    return public, secret
+    return keys["public"], keys.get("secret")
 
 
 def check_bind(endpoint: str, keys: str | None, insecure: bool) -> None:
     """Refuse to expose the bus beyond this machine without CURVE, unless explicitly insecure."""
+    parse_endpoint(endpoint)
     if is_local(endpoint) or keys:
         return
     if not insecure:
@@ -130,7 +234,7 @@ class CurveServer:
             raise ConfigError(f"{self.folder / (SERVER + '.key_secret')} holds no secret key: it must be the "
                               f"server's key pair from `actstream keys`")
         clients = self.folder / CLIENTS
-        allowed = sorted(clients.glob("*.key")) if clients.is_dir() else []
+        allowed = self._allow_list(clients)
         if not allowed:
             raise ConfigError(f"no client public keys in {clients}: add one with `actstream keys {self.folder} "
                               f"--client NAME`")
@@ -141,7 +245,24 @@ class CurveServer:
         self.allowed = len(allowed)
         self.auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(clients))
+        # the keys checked above, not the folder: zmq.auth would read it again, and one bad file makes it
+        # load none (every client refused, silently)
+        self.auth.configure_curve_callback(domain="*", credentials_provider=_AllowList(allowed))
+
+    @staticmethod
+    def _allow_list(clients: Path) -> set[bytes]:
+        """The public keys of every clients/*.key; any file there that is not a valid key is refused by name."""
+        if not clients.is_dir():
+            return set()
+        allowed = set()
+        for path in sorted(clients.iterdir()):
+            if path.name.endswith(".key"):
+                public, _ = load_pair(path, "client key")
+                allowed.add(public)
+            elif not path.name.startswith("."):
+                raise ConfigError(f"{path} is not a client key (NAME.key): only the keys made by `actstream keys "
+                                  f"DIR --client NAME` belong in {clients}: move it away")
+        return allowed
 
     def apply(self, sock) -> None:
         import zmq
@@ -154,6 +275,16 @@ class CurveServer:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+
+class _AllowList:
+    """ZAP credentials provider: admits exactly the Z85 public keys it was given."""
+
+    def __init__(self, keys: set[bytes]):
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
 
 
 def apply_client(sock, server_key: str | Path, client_key: str | Path) -> None:

@@ -1,0 +1,61 @@
+"""A raw ZMTP 3.0 peer for the bus tests: the greeting, commands and frames written byte by byte (ZeroMQ RFC 23),
+so a test can send what no well-behaved ZeroMQ library would (huge frame claims, floods, garbage)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+
+def greeting(mechanism: bytes = b"NULL", as_server: bool = False) -> bytes:
+    """The 64-byte greeting: signature, version 3.0, mechanism, as-server, filler."""
+    return (b"\xff" + b"\x00" * 8 + b"\x7f" + bytes([3, 0]) + mechanism.ljust(20, b"\x00")
+            + bytes([1 if as_server else 0]) + b"\x00" * 31)
+
+
+def frame(body: bytes, more: bool = False, command: bool = False) -> bytes:
+    flags = (0x01 if more else 0) | (0x04 if command else 0)
+    if len(body) > 255:
+        return bytes([flags | 0x02]) + struct.pack(">Q", len(body)) + body
+    return bytes([flags, len(body)]) + body
+
+
+def frame_header(size: int, command: bool = False) -> bytes:
+    """A long-frame header claiming `size` bytes (the body is not sent)."""
+    return bytes([0x02 | (0x04 if command else 0)]) + struct.pack(">Q", size)
+
+
+def command(name: bytes, data: bytes = b"") -> bytes:
+    return frame(bytes([len(name)]) + name + data, command=True)
+
+
+def ready(socket_type: bytes = b"SUB") -> bytes:
+    """The NULL mechanism's READY command with the Socket-Type property."""
+    prop = b"Socket-Type"
+    return command(b"READY", bytes([len(prop)]) + prop + struct.pack(">I", len(socket_type)) + socket_type)
+
+
+def subscription(prefix: bytes) -> bytes:
+    return frame(b"\x01" + prefix)
+
+
+def connect(port: int, timeout_s: float = 2.0) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def null_sub(port: int, timeout_s: float = 2.0) -> socket.socket:
+    """A connection that has done the NULL handshake as a SUB: what follows are its messages."""
+    s = connect(port, timeout_s)
+    s.sendall(greeting(b"NULL") + ready(b"SUB"))
+    return s
+
+
+def send_quietly(s: socket.socket, data: bytes) -> bool:
+    """Send; False once the publisher has dropped the connection."""
+    try:
+        s.sendall(data)
+        return True
+    except OSError:
+        return False
