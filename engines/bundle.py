@@ -7,13 +7,17 @@ into the engine cache on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-
 import json
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from stream.config import decode_utf8, is_int, is_number, read_small_file, show_value
 from stream.errors import EngineError
 from stream.frontend import AudioFeatures, VideoFeatures
 
@@ -25,6 +29,21 @@ if TYPE_CHECKING:  # torch is imported where a network is built: the ONNX Runtim
 
 SHIPPED = Path(__file__).parent / "weights"
 FORMAT = 1  # model.json format version
+
+# Bounds of model.json (see _parse_spec). Each keeps a crafted folder from costing memory or time out of
+# proportion, or from publishing what a subscriber cannot tell from the status topic.
+MAX_JSON_BYTES = 1 << 20  # model.json and int8.json: the shipped ones are 1.3 KB and 3 KB
+MAX_HEADS = 16  # heads = topics; every head is published at every step
+MAX_CLASSES = 256  # per head: a label message lists every class's score (~80 B each at most: < MAX_MESSAGE_BYTES)
+MAX_LABEL_CHARS = 64
+HEAD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")  # a topic: short, no spaces, dots or slashes
+RESERVED_TOPICS = ("status",)  # stream.publish.TOPICS_FIXED (a test keeps the two equal; publish imports zmq)
+MAX_WEIGHTS_BYTES = 4 << 30  # weights.pt, read by torch.load: the default model's is 1.2 MB
+AUDIO_RATE = (8000, 48000)  # Hz the model's front end may run at (inputs are resampled to it)
+MAX_WINDOW_S = 10.0  # the audio CNN's window (win + (frames - 1) * hop samples) at most 10 s
+MAX_DIM = 4096  # audio_dim, hidden, proj: the default model's are 128
+MAX_LOOKAHEAD = 600  # steps (engines.teach.MAX_LOOKAHEAD: 60 s of future at 100 ms)
+VIDEO_SIZE = (32, 1024)  # px, the square video CNN input (EfficientNet-Lite0 is trained at 224)
 
 
 @dataclass(frozen=True)
@@ -84,32 +103,216 @@ def resolve_model(path_or_name: str) -> Path:
     """A model folder from a path, or from the name of a model shipped with the package."""
     p = Path(path_or_name)
     for cand in (p, SHIPPED / path_or_name):
-        if (cand / "model.json").is_file():
+        if (cand / "model.json").exists():
             return cand
     shipped = sorted(d.name for d in SHIPPED.iterdir() if (d / "model.json").is_file()) if SHIPPED.is_dir() else []
     raise EngineError(f"model {path_or_name!r} not found: expected a folder with model.json "
                       f"or a shipped model name ({', '.join(shipped) or 'none installed'})")
 
 
-def load_spec(path_or_name: str) -> ModelSpec:
-    folder = resolve_model(path_or_name)
+def model_file(folder: Path, name: Any, what: str = "model file") -> Path:
+    """folder/name for a file the model folder refers to, refused unless it stays inside the folder: a
+    relative name without `..`, not a symlink (or a symlinked parent) that leads out, and, where it exists,
+    a regular file (a FIFO would hang the reader, a device never ends). A missing file is returned as is:
+    its reader says it is not found."""
+    folder = Path(folder)
+    fix = "use a model folder made by `actstream train`, or reinstall actstream"
+    if not isinstance(name, str) or not name or "\x00" in name or len(name) > 255:
+        raise EngineError(f"{what} {show_value(name)} in {folder} is invalid: expected a file name in the "
+                          f"model folder: {fix}")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise EngineError(f"{what} {name!r} in {folder} points outside the model folder: expected a file name "
+                          f"in the folder itself: {fix}")
+    path = folder / rel
+    real, root = path.resolve(), folder.resolve()
+    if not real.is_relative_to(root):
+        raise EngineError(f"{what} {path} leads out of the model folder (to {real}): copy the file into the "
+                          f"folder instead of linking to it")
     try:
-        data = json.loads((folder / "model.json").read_text())
-        if data.get("format") != FORMAT:
-            raise EngineError(f"{folder / 'model.json'} has format {data.get('format')!r}, this actstream reads "
-                              f"format {FORMAT}: retrain the model or upgrade actstream")
-        if data["arch"] not in ARCHS:
-            raise EngineError(f"{folder / 'model.json'}: arch {data['arch']!r} unknown: expected one of "
-                              f"{', '.join(ARCHS)}")
-        return ModelSpec(name=data["name"], arch=data["arch"], heads={k: list(v) for k, v in data["heads"].items()},
-                         audio=AudioFeatures(**data["audio"]) if data.get("audio") else None,
-                         video=VideoFeatures(**data["video"]) if data.get("video") else None,
-                         audio_dim=data["audio_dim"], hidden=data["hidden"], proj=data["proj"],
-                         lookahead=data.get("lookahead", 0), motion=data.get("motion", False),
-                         card=data.get("card", {}), folder=folder)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise EngineError(f"{folder / 'model.json'} is not a valid model description ({exc!r}): "
-                          f"retrain the model or reinstall actstream") from exc
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise EngineError(f"{what} {path} cannot be read ({exc.strerror}): {fix}") from exc
+    if not stat.S_ISREG(mode):
+        raise EngineError(f"{what} {path} is not a regular file: {fix}")
+    return path
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """A JSON file of at most MAX_JSON_BYTES, strict UTF-8, no duplicate keys, nesting bounded by Python's
+    recursion limit (a RecursionError is an EngineError here)."""
+    data = decode_utf8(read_small_file(path, MAX_JSON_BYTES, what, EngineError, fix), path, what, EngineError, fix)
+
+    def no_duplicates(pairs):
+        out = {}
+        for k, v in pairs:
+            if k in out:
+                raise ValueError(f"key {k!r} appears twice")
+            out[k] = v
+        return out
+
+    try:
+        return json.loads(data, object_pairs_hook=no_duplicates)
+    except RecursionError as exc:
+        raise EngineError(f"{path} nests too deeply to read: {fix}") from exc
+    except ValueError as exc:
+        raise EngineError(f"{path} is not valid JSON ({str(exc)[:160]}): {fix}") from exc
+
+
+class _Checker:
+    """Raises one EngineError line naming model.json, the key, the bad value and what was expected."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, where: str, value: Any, expected: str) -> None:
+        raise EngineError(f"{self.path}: {where} = {show_value(value)} is invalid: expected {expected} (fix "
+                          f"model.json, or retrain the model)")
+
+    def int_in(self, where: str, value: Any, lo: int, hi: int) -> int:
+        if not (is_int(value) and lo <= value <= hi):
+            self.fail(where, value, f"an integer from {lo} to {hi}")
+        return value
+
+    def number_in(self, where: str, value: Any, lo: float, hi: float) -> float:
+        if not (is_number(value) and lo <= value <= hi):
+            self.fail(where, value, f"a number from {lo} to {hi}")
+        return float(value)
+
+    def text(self, where: str, value: Any, limit: int) -> str:
+        if not (isinstance(value, str) and 1 <= len(value) <= limit and value.isprintable()):
+            self.fail(where, value, f"a text of 1 to {limit} printable characters")
+        return value
+
+    def keys(self, where: str, value: Any, required: set[str], optional: set[str] = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, value, "a JSON object")
+        missing, unknown = required - value.keys(), value.keys() - required - optional
+        if missing:
+            self.fail(where, sorted(missing), f"these keys too: {', '.join(sorted(required))} are required")
+        if unknown:
+            self.fail(f"{where} key", sorted(unknown)[0], f"one of {', '.join(sorted(required | optional))}")
+        return value
+
+
+def _parse_heads(c: _Checker, heads: Any) -> dict[str, list[str]]:
+    if not isinstance(heads, dict) or not 1 <= len(heads) <= MAX_HEADS:
+        c.fail("heads", heads, f"an object of 1 to {MAX_HEADS} heads, each a topic name -> its class labels")
+    out: dict[str, list[str]] = {}
+    for name, classes in heads.items():
+        if not HEAD_NAME.match(name) or name in RESERVED_TOPICS:
+            c.fail("head name", name, "a topic name of 1 to 32 characters A-Z a-z 0-9 _ - starting with a letter, "
+                   f"not {' or '.join(RESERVED_TOPICS)}")
+        for other in (*out, *RESERVED_TOPICS):  # ZeroMQ subscriptions match prefixes: topics must not
+            if name.startswith(other) or other.startswith(name):
+                c.fail("head name", name, f"a topic that is not a prefix of {other!r} nor has it as a prefix "
+                       "(a subscriber to one would get both)")
+        where = f"heads.{name}"
+        if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES:
+            c.fail(where, classes, f"a list of 2 to {MAX_CLASSES} class labels")
+        for label in classes:
+            c.text(f"{where} class", label, MAX_LABEL_CHARS)
+        if len(set(classes)) != len(classes):
+            dup = next(x for x in classes if classes.count(x) > 1)
+            c.fail(f"{where} class", dup, "distinct class labels (this one appears twice)")
+        out[name] = list(classes)
+    return out
+
+
+def _parse_audio(c: _Checker, audio: Any) -> AudioFeatures:
+    names = {f.name for f in dataclasses.fields(AudioFeatures)}
+    a = c.keys("audio", audio, names)
+    rate = c.int_in("audio.sample_rate", a["sample_rate"], *AUDIO_RATE)
+    win = c.int_in("audio.win", a["win"], 16, rate)
+    # a step (a multiple of 10 ms) must be a whole number of hops: the batched front end shares one frame grid
+    ten_ms = rate // 100 if rate % 100 == 0 else 0
+    hop = c.int_in("audio.hop", a["hop"], 1, win)
+    if not ten_ms or ten_ms % hop:
+        c.fail("audio.hop", hop, f"a divisor of 10 ms of samples ({rate / 100:g} at {rate} Hz), so every step "
+               "is a whole number of hops")
+    c.int_in("audio.n_fft", a["n_fft"], win, 8192)
+    c.int_in("audio.n_mels", a["n_mels"], 1, 256)
+    fmin = c.number_in("audio.fmin", a["fmin"], 0.0, rate / 2)
+    c.number_in("audio.fmax", a["fmax"], fmin + 1.0, rate / 2)
+    max_frames = 1 + int((MAX_WINDOW_S * rate - win) // hop)
+    c.int_in("audio.frames", a["frames"], 1, max_frames)
+    return AudioFeatures(**{k: (float(v) if k in ("fmin", "fmax") else v) for k, v in a.items()})
+
+
+def _parse_video(c: _Checker, video: Any) -> VideoFeatures:
+    v = c.keys("video", video, {f.name for f in dataclasses.fields(VideoFeatures)})
+    c.int_in("video.size", v["size"], *VIDEO_SIZE)
+    c.number_in("video.mean", v["mean"], 0.0, 255.0)
+    c.number_in("video.std", v["std"], 1e-3, 1e4)
+    return VideoFeatures(size=v["size"], mean=float(v["mean"]), std=float(v["std"]))
+
+
+def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
+    """model.json's schema, checked by hand (the jsonschema package is a test-time dependency only)."""
+    c = _Checker(path)
+    if not isinstance(data, dict):
+        c.fail("the top level", data, "a JSON object (a model description from `actstream train`)")
+    fmt = data.get("format")
+    if not is_int(fmt) or fmt != FORMAT:
+        raise EngineError(f"{path} has format {show_value(fmt)}, this actstream reads format {FORMAT}: retrain the "
+                          f"model or upgrade actstream")
+    c.keys("model.json", data, {"format", "name", "arch", "heads", "audio_dim", "hidden", "proj"},
+           {"audio", "video", "lookahead", "motion", "card"})
+    name = c.text("name", data["name"], 128)
+    arch = data["arch"]
+    if not isinstance(arch, str) or arch not in ARCHS:
+        raise EngineError(f"{path}: arch {show_value(arch)} unknown: expected one of {', '.join(ARCHS)}")
+    heads = _parse_heads(c, data["heads"])
+    audio = video = None
+    for m, parse in (("audio", _parse_audio), ("video", _parse_video)):
+        value = data.get(m)
+        if m in ARCHS[arch] and value is None:
+            c.fail(m, value, f"the {m} features: arch {arch} reads {m}")
+        if value is not None:
+            if m == "audio":
+                audio = parse(c, value)
+            else:
+                video = parse(c, value)
+    dims = {k: c.int_in(k, data[k], 1, MAX_DIM) for k in ("audio_dim", "hidden", "proj")}
+    lookahead = c.int_in("lookahead", data.get("lookahead", 0), 1 if arch == "bilstm" else 0, MAX_LOOKAHEAD)
+    motion = data.get("motion", False)
+    if not isinstance(motion, bool):
+        c.fail("motion", motion, "true or false")
+    card = data.get("card", {})
+    if not isinstance(card, dict):
+        c.fail("card", card, "a JSON object (the model card)")
+    version = card.get("version", 0)
+    if not ((is_int(version) and 0 <= version < 10**9) or (isinstance(version, str) and 1 <= len(version) <= 32
+                                                             and version.isprintable())):
+        c.fail("card.version", version, "an integer from 0, or a short text")
+    return ModelSpec(name=name, arch=arch, heads=heads, audio=audio, video=video, **dims, lookahead=lookahead,
+                     motion=motion, card=card, folder=folder)
+
+
+def load_spec(path_or_name: str) -> ModelSpec:
+    """The model folder's description, checked against the schema above: one EngineError line otherwise."""
+    folder = resolve_model(path_or_name)
+    path = model_file(folder, "model.json", "model description")
+    return _parse_spec(read_json(path, "model description", "retrain the model or reinstall actstream"), path,
+                       folder)
+
+
+def expected_io(spec: ModelSpec) -> dict[str, tuple[dict[str, tuple], dict[str, tuple]]]:
+    """Per engine name, the ONNX inputs and outputs model.json implies: name -> shape, None where any size
+    goes (batch, time, LSTM layers). The temporal network has one output per head, with len(classes) columns
+    (engines/export.py)."""
+    state = (None, 1, spec.hidden)
+    io = {"temporal": ({**{m: (1, None, d) for m, d in spec.dims.items()}, "h0": state, "c0": state},
+                       {**{h: (1, None, len(c)) for h, c in spec.heads.items()}, "hn": state, "cn": state})}
+    if "audio" in spec.modalities:
+        io["audio_encoder"] = ({"logmel": (None, spec.audio.frames, spec.audio.n_mels)},
+                               {"embedding": (None, spec.audio_dim)})
+    if "video" in spec.modalities:
+        io["video_encoder"] = ({"image": (None, 3, spec.video.size, spec.video.size)},
+                               {"embedding": (None, VIDEO_DIM)})
+    return io
 
 
 def save_model(spec: ModelSpec, folder: Path, audio_cnn: AudioCNN | None, temporal: Temporal) -> None:
@@ -129,20 +332,38 @@ def save_model(spec: ModelSpec, folder: Path, audio_cnn: AudioCNN | None, tempor
 
 
 def load_torch_modules(spec: ModelSpec) -> tuple[AudioCNN | None, Temporal]:
+    import pickle
+    import zipfile
+
     import torch
 
+    path = model_file(spec.folder, "weights.pt", "model weights")
+    if path.is_file() and path.stat().st_size > MAX_WEIGHTS_BYTES:
+        raise EngineError(f"{path} is {path.stat().st_size} bytes, more than the {MAX_WEIGHTS_BYTES} allowed: "
+                          f"retrain the model or reinstall actstream")
     try:
-        weights = torch.load(spec.folder / "weights.pt", map_location="cpu", weights_only=True)
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(weights, dict):
+            raise KeyError(f"expected a dict of state dicts, got {type(weights).__name__}")
         temporal = spec.new_temporal()
         temporal.load_state_dict(weights["temporal"])
         audio = None
         if "audio" in spec.modalities:
             audio = spec.new_audio_cnn()
             audio.load_state_dict(weights["audio_cnn"])
-    except (OSError, RuntimeError, KeyError, EOFError) as exc:
-        raise EngineError(f"{spec.folder / 'weights.pt'} cannot be loaded ({str(exc).splitlines()[0][:160]}): "
+    # what torch.load raises on garbage: a non-zip file is read as a legacy pickle (UnpicklingError, EOFError,
+    # ValueError, UnicodeDecodeError...), a damaged zip gives zipfile or RuntimeError; load_state_dict gives
+    # RuntimeError, KeyError, TypeError or AttributeError on a wrong state dict
+    except (OSError, RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError, MemoryError) as exc:
+        raise EngineError(f"{path} cannot be loaded ({_first_line(exc)}): "
                           f"retrain the model or reinstall actstream") from exc
     return audio, temporal.eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
 
 
 @dataclass
@@ -175,13 +396,16 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         from .onnxrt import OnnxRuntimeEngine
         from .precision import encoder_file
 
+        io = expected_io(spec)
+
         def make(path_fn, name: str, encoder: str | None) -> Engine:
             def onnx_path() -> Path:
                 path = path_fn()
                 return encoder_file(spec.folder, encoder, path, precision) if encoder else path
 
             if backend == "onnxruntime":
-                return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin), name)
+                return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin,
+                                                           expect=io[name]), name)
             from .tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
@@ -189,10 +413,10 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
 
         enc: dict[str, Engine] = {}
         if "audio" in spec.modalities:
-            enc["audio"] = make(lambda: spec.folder / "audio_encoder.onnx", "audio_encoder", "audio")
+            enc["audio"] = make(lambda: model_file(spec.folder, "audio_encoder.onnx"), "audio_encoder", "audio")
         if "video" in spec.modalities:
             enc["video"] = make(lambda: video_encoder_onnx(spec.video.size), "video_encoder", "video")
-        return Engines(enc, make(lambda: spec.folder / "temporal.onnx", "temporal", None))
+        return Engines(enc, make(lambda: model_file(spec.folder, "temporal.onnx"), "temporal", None))
     if backend in ("torch", "torch-cuda"):
         from .export import temporal_io
         from .torch_backend import TorchEngine

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +15,37 @@ from stream.errors import EngineError
 from .base import Engine
 
 log = logging.getLogger(__name__)
+
+MAX_ONNX_BYTES = 2 << 30  # protobuf's limit for one ONNX file (larger models keep weights in external files)
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join("?" if d is None or isinstance(d, str) else str(d) for d in shape) + "]"
+
+
+def check_io(path: Path, inputs: list[tuple], outputs: list[tuple],
+             expect: tuple[dict[str, tuple], dict[str, tuple]]) -> None:
+    """EngineError unless the ONNX file's inputs and outputs are those the model description implies.
+
+    inputs, outputs: (name, shape, type) as ONNX Runtime reports them (a shape entry is an int, or a str or
+    None for a dynamic axis); expect: (inputs, outputs) as name -> shape, None where any size goes. A
+    dynamic axis in the file matches any expected size; a fixed one must be equal."""
+    fix = "re-export the model (actstream train) or fix model.json"
+    for kind, actual, wanted in (("inputs", inputs, expect[0]), ("outputs", outputs, expect[1])):
+        names = [a[0] for a in actual]
+        if sorted(names) != sorted(wanted):
+            raise EngineError(f"model file {path} does not match model.json: its {kind} are {names[:20]}, model.json "
+                              f"implies {list(wanted)[:20]} (heads, modalities): {fix}")
+        for name, shape, typ in actual:
+            want = wanted[name]
+            if typ != "tensor(float)":
+                raise EngineError(f"model file {path}: {kind[:-1]} {name!r} is {typ}, expected tensor(float): {fix}")
+            if shape is None or len(shape) != len(want) or any(
+                    is_fixed and isinstance(d, int) and d != w
+                    for d, w, is_fixed in ((d, w, w is not None) for d, w in zip(shape, want))):
+                raise EngineError(f"model file {path} does not match model.json: {kind[:-1]} {name!r} has shape "
+                                  f"{_shape(shape or [])}, model.json implies {_shape(want)} (classes per head, "
+                                  f"audio features, dims): {fix}")
 
 
 class OnnxRuntimeEngine(Engine):
@@ -27,11 +59,13 @@ class OnnxRuntimeEngine(Engine):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | Path, threads: int = 0, name: str | None = None, spin: bool = True):
+    def __init__(self, path: str | Path, threads: int = 0, name: str | None = None, spin: bool = True,
+                 expect: tuple[dict[str, tuple], dict[str, tuple]] | None = None):
         super().__init__(name or Path(path).stem, [], [])
         self.path = Path(path)
         self.threads = threads
         self.spin = spin
+        self.expect = expect  # (inputs, outputs) the file must have: name -> shape (None = any size)
         self._session = None
 
     def load(self) -> None:
@@ -41,8 +75,14 @@ class OnnxRuntimeEngine(Engine):
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise EngineError("onnxruntime is not installed: pip install onnxruntime") from exc
-        if not self.path.is_file():
+        if not self.path.exists():
             raise EngineError(f"model file {self.path} not found: reinstall the model or pass another --model")
+        if not stat.S_ISREG(os.stat(self.path).st_mode):  # ONNX Runtime would block on a FIFO, read a device forever
+            raise EngineError(f"model file {self.path} is not a regular file: reinstall the model or pass another "
+                              f"--model")
+        if os.stat(self.path).st_size > MAX_ONNX_BYTES:
+            raise EngineError(f"model file {self.path} is {os.stat(self.path).st_size} bytes, more than ONNX's "
+                              f"{MAX_ONNX_BYTES}: re-export it or reinstall the model")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
@@ -56,8 +96,16 @@ class OnnxRuntimeEngine(Engine):
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types; all mean the same here
             raise EngineError(f"model file {self.path} cannot be loaded by ONNX Runtime "
                               f"({str(exc).splitlines()[0][:160]}): re-export it or reinstall the model") from exc
-        self.input_names = [i.name for i in self._session.get_inputs()]
-        self.output_names = [o.name for o in self._session.get_outputs()]
+        inputs = [(i.name, i.shape, i.type) for i in self._session.get_inputs()]
+        outputs = [(o.name, o.shape, o.type) for o in self._session.get_outputs()]
+        if self.expect is not None:
+            try:
+                check_io(self.path, inputs, outputs, self.expect)
+            except EngineError:
+                self._session = None
+                raise
+        self.input_names = [i[0] for i in inputs]
+        self.output_names = [o[0] for o in outputs]
         self._loaded = True
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -9,10 +9,10 @@ ONNX it was made from, and whether it passed the accuracy gate. model.precision 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from stream.config import show_value
 from stream.errors import EngineError
 
 from .cache import file_digest
@@ -23,15 +23,42 @@ GATE_FILE = "int8.json"
 PRECISIONS = ("auto", "fp32", "int8")
 
 
+ENCODERS = ("audio", "video")
+
+
 def read_gate(folder: Path) -> dict:
-    """The calibration record of a model folder ({} when it was never calibrated)."""
-    path = Path(folder) / GATE_FILE
-    if not path.is_file():
+    """The calibration record of a model folder ({} when it was never calibrated), its `encoders` checked:
+    per encoder, `file` (a file name inside the folder), `passed` (bool), `source` (a digest), `reason`
+    (text). Other keys are measurements, kept as they are. One EngineError line otherwise."""
+    from .bundle import model_file, read_json
+
+    fix = "run `actstream calibrate` again or delete it"
+    path = model_file(Path(folder), GATE_FILE, "calibration record")
+    if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise EngineError(f"{path} is not valid JSON ({exc}): run `actstream calibrate` again or delete it") from exc
+    data = read_json(path, "calibration record", fix)
+
+    def bad(where: str, value, expected: str):
+        return EngineError(f"{path}: {where} = {show_value(value)} is invalid: expected {expected}: {fix}")
+
+    if not isinstance(data, dict):
+        raise bad("the top level", data, "a JSON object")
+    encoders = data.get("encoders", {})
+    if not isinstance(encoders, dict):
+        raise bad("encoders", encoders, "an object: encoder name -> record")
+    for name, entry in encoders.items():
+        if name not in ENCODERS:
+            raise bad("encoder", name, " or ".join(ENCODERS))
+        if not isinstance(entry, dict):
+            raise bad(f"encoders.{name}", entry, "an object with file, source, passed")
+        model_file(Path(folder), entry.get("file"), f"{name} INT8 encoder (int8.json)")
+        for key, kind, expected in (("passed", bool, "true or false"), ("source", str, "a digest"),
+                                    ("reason", str, "a text")):
+            if key in entry and not isinstance(entry[key], kind):
+                raise bad(f"encoders.{name}.{key}", entry[key], expected)
+        if len(entry.get("source", "")) > 128:
+            raise bad(f"encoders.{name}.source", entry["source"], "a digest of at most 128 characters")
+    return data
 
 
 def encoder_file(folder: Path, encoder: str, fp32_path: Path, precision: str) -> Path:
@@ -48,7 +75,7 @@ def encoder_file(folder: Path, encoder: str, fp32_path: Path, precision: str) ->
                               f"{folder} --data PATH` first, or set model.precision = \"fp32\"")
         if not entry.get("passed"):
             log.warning("INT8 %s encoder of %s failed the accuracy gate (%s); using it because precision is int8",
-                        encoder, folder, entry.get("reason", "see int8.json"))
+                        encoder, folder, str(entry.get("reason", "see int8.json"))[:200])
         return int8
     if int8 is None or not int8.is_file() or not entry.get("passed"):
         return fp32_path

@@ -24,7 +24,7 @@ PRECISIONS = ("auto", "fp32", "int8")
 MAX_CONFIG_BYTES = 1 << 20  # config.toml is 2.6 KB; a megabyte is already no hand-written config
 
 
-def _show(value: Any, limit: int = 80) -> str:
+def show_value(value: Any, limit: int = 80) -> str:
     """A value for a one-line message: repr (escapes newlines), cut to `limit` characters."""
     r = repr(value)
     return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
@@ -32,22 +32,22 @@ def _show(value: Any, limit: int = 80) -> str:
 
 def _name(key: str) -> str:
     """A section or key name for a message: as written when it is a plain short name, else quoted."""
-    return key if key.isidentifier() and len(key) <= 40 else _show(key, 40)
+    return key if key.isidentifier() and len(key) <= 40 else show_value(key, 40)
 
 
 def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{key} = {_show(value)} is invalid: expected {allowed}")
+        raise ConfigError(f"{key} = {show_value(value)} is invalid: expected {allowed}")
 
 
-def _int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     """An integer, and not a bool (True is an int in Python: `threads = true` is not 1 thread)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     """A finite number, and not a bool (`seconds = inf` or `nan` is not a duration)."""
-    return (_int(v) and abs(v) < 2 ** 53) or (isinstance(v, float) and math.isfinite(v))
+    return (is_int(v) and abs(v) < 2 ** 53) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _text(v: Any) -> bool:
@@ -115,7 +115,7 @@ class StepConfig:
     step_ms: int = 100
 
     def __post_init__(self) -> None:
-        _check(_int(self.step_ms) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
+        _check(is_int(self.step_ms) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
                "step.step_ms", self.step_ms, "a multiple of 10 between 10 and 2000")
 
 
@@ -133,7 +133,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(_text(self.path) and self.path != "", "model.path", self.path, "a model name or folder")
         _check(self.backend in BACKENDS, "model.backend", self.backend, " | ".join(BACKENDS))
-        _check(_int(self.threads) and 0 <= self.threads <= 256, "model.threads", self.threads,
+        _check(is_int(self.threads) and 0 <= self.threads <= 256, "model.threads", self.threads,
                "an integer from 0 (one per core) to 256")
         _check(self.precision in PRECISIONS, "model.precision", self.precision, " | ".join(PRECISIONS))
 
@@ -156,15 +156,15 @@ class PolicyConfig:
     min_hold_ms: int = 0
 
     def __post_init__(self) -> None:
-        _check(_num(self.smoothing) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
+        _check(is_number(self.smoothing) and 0.0 < self.smoothing <= 1.0, "policy.smoothing",
                self.smoothing, "a number in (0, 1]")
-        _check(_num(self.enter) and 0.0 <= self.enter <= 1.0, "policy.enter", self.enter,
+        _check(is_number(self.enter) and 0.0 <= self.enter <= 1.0, "policy.enter", self.enter,
                "a probability in [0, 1]")
-        _check(_num(self.exit) and 0.0 <= self.exit <= self.enter, "policy.exit", self.exit,
+        _check(is_number(self.exit) and 0.0 <= self.exit <= self.enter, "policy.exit", self.exit,
                f"a probability in [0, policy.enter = {self.enter}]")
-        _check(_int(self.switch_steps) and 1 <= self.switch_steps <= 100, "policy.switch_steps",
+        _check(is_int(self.switch_steps) and 1 <= self.switch_steps <= 100, "policy.switch_steps",
                self.switch_steps, "an integer from 1 to 100")
-        _check(_int(self.min_hold_ms) and 0 <= self.min_hold_ms <= 60000, "policy.min_hold_ms",
+        _check(is_int(self.min_hold_ms) and 0 <= self.min_hold_ms <= 60000, "policy.min_hold_ms",
                self.min_hold_ms, "milliseconds from 0 to 60000")
 
 
@@ -184,9 +184,9 @@ class PublishConfig:
     def __post_init__(self) -> None:
         _check(_text(self.endpoint) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
                "a ZeroMQ endpoint such as tcp://127.0.0.1:5556, or \"none\" to disable")
-        _check(_int(self.hwm) and 1 <= self.hwm <= 10_000_000, "publish.hwm", self.hwm,
+        _check(is_int(self.hwm) and 1 <= self.hwm <= 10_000_000, "publish.hwm", self.hwm,
                "an integer from 1 to 10000000")
-        _check(_int(self.status_every_ms) and 100 <= self.status_every_ms <= 3_600_000,
+        _check(is_int(self.status_every_ms) and 100 <= self.status_every_ms <= 3_600_000,
                "publish.status_every_ms", self.status_every_ms, "milliseconds from 100 to 3600000")
         _check(_text(self.keys), "publish.keys", self.keys, "a keys folder made by `actstream keys`, or \"\"")
         _check(isinstance(self.insecure, bool), "publish.insecure", self.insecure, "true or false")
@@ -203,7 +203,7 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         _check(isinstance(self.realtime, bool), "replay.realtime", self.realtime, "true or false")
-        _check(_int(self.batch_steps) and 1 <= self.batch_steps <= 64, "replay.batch_steps",
+        _check(is_int(self.batch_steps) and 1 <= self.batch_steps <= 64, "replay.batch_steps",
                self.batch_steps, "an integer from 1 (step by step) to 64")
 
 
@@ -227,15 +227,15 @@ class LiveConfig:
                "a camera index, name, URL or \"none\"")
         _check(_text(self.mic) and self.mic != "", "live.mic", self.mic,
                "a microphone index, name, \"default\" or \"none\"")
-        _check(_num(self.seconds) and 0 <= self.seconds <= 1e9, "live.seconds", self.seconds,
+        _check(is_number(self.seconds) and 0 <= self.seconds <= 1e9, "live.seconds", self.seconds,
                "seconds from 0 (until stopped) to 1e9")
-        _check(_int(self.frame_ring) and 2 <= self.frame_ring <= 1000, "live.frame_ring",
+        _check(is_int(self.frame_ring) and 2 <= self.frame_ring <= 1000, "live.frame_ring",
                self.frame_ring, "an integer from 2 to 1000")
-        _check(_num(self.audio_ring_s) and 2.0 <= self.audio_ring_s <= 600, "live.audio_ring_s",
+        _check(is_number(self.audio_ring_s) and 2.0 <= self.audio_ring_s <= 600, "live.audio_ring_s",
                self.audio_ring_s, "seconds from 2 to 600")
-        _check(_int(self.audio_block_ms) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
+        _check(is_int(self.audio_block_ms) and 5 <= self.audio_block_ms <= 200, "live.audio_block_ms",
                self.audio_block_ms, "milliseconds from 5 to 200")
-        _check(_num(self.stall_s) and 0.2 <= self.stall_s <= 60, "live.stall_s", self.stall_s,
+        _check(is_number(self.stall_s) and 0.2 <= self.stall_s <= 60, "live.stall_s", self.stall_s,
                "seconds from 0.2 to 60")
 
 
@@ -281,13 +281,13 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         if name not in _SECTIONS:
             raise ConfigError(f"{source}: unknown section [{_name(name)}]: expected one of {', '.join(_SECTIONS)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {_show(value)}")
+            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {show_value(value)}")
         cls = _SECTIONS[name]
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, v in value.items():
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {name}.{_name(key)}: expected one of {', '.join(known)}")
-            if known[key].type == "float" and _int(v) and abs(v) < 2 ** 53:  # larger: refused by the range check
+            if known[key].type == "float" and is_int(v) and abs(v) < 2 ** 53:  # larger: refused by the range check
                 value[key] = float(v)
         try:
             sections[name] = cls(**value)
