@@ -8,6 +8,9 @@ microphone), each owning its handle and writing into a preallocated ring.
 from __future__ import annotations
 
 import logging
+import os
+import stat
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording of activity needs more
 AUDIO_RATES = (4000, 384000)  # Hz accepted for an audio track (resampled to the model's rate)
 MAX_CHANNELS = 32  # more is not a recording of a room (and FFmpeg's mixer refuses some layouts)
+MIN_SECONDS = 0.01  # the shortest step (step.step_ms >= 10): a recording shorter than this can give no label
 
 
 @dataclass
@@ -39,11 +43,19 @@ class Snapshot:
 def _open_container(path: Path):
     import av
 
-    if not path.exists():
-        raise SourceError(f"{path}: file not found: check the path")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise SourceError(f"{path}: file not found: check the path") from exc
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}): check the path") from exc
+    if stat.S_ISDIR(st.st_mode):
         raise SourceError(f"{path}: is a folder, not a media file: pass a file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder, a device never ends: neither is a recording
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+            stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special"
+        raise SourceError(f"{path}: not a regular file ({kind}): pass a recording saved to a file")
+    if st.st_size == 0:
         raise SourceError(f"{path}: file is empty: pass a recording with audio or video")
     try:
         return av.open(str(path), metadata_errors="ignore")
@@ -85,7 +97,31 @@ def _check_audio_stream(path: Path, stream) -> None:
         raise SourceError(f"{path}: audio sample rate {ctx.sample_rate} Hz not supported: expected "
                           f"{AUDIO_RATES[0]} to {AUDIO_RATES[1]} Hz (the file may be corrupt)")
     if not 1 <= (ctx.channels or 0) <= MAX_CHANNELS:
-        raise SourceError(f"{path}: {ctx.channels} audio channels not supported: expected 1 to {MAX_CHANNELS}")
+        # FFmpeg drops a count above its limit of 512 (FF_SANE_NB_CHANNELS) to 0 while probing the stream, so
+        # PyAV reports "0 channels" for 65,535: the count the file declares is read from its header instead
+        declared = ctx.channels or _declared_channels(path)
+        count = f"{declared} audio channels" if declared else "an audio channel count of 0 or more than 512"
+        raise SourceError(f"{path}: {count} not supported: expected 1 to {MAX_CHANNELS} (the file may be corrupt; "
+                          f"mix it down, e.g. ffmpeg -i IN -ac 1 OUT.wav)")
+
+
+def _declared_channels(path: Path) -> int | None:
+    """The channel count a WAV (RIFF, RF64, BW64) header declares, or None: its `fmt ` chunk, found in the
+    first 64 KiB."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64", b"BW64") or head[8:12] != b"WAVE":
+        return None
+    i = 12
+    while i + 8 <= len(head):
+        cid, size = head[i:i + 4], struct.unpack_from("<I", head, i + 4)[0]
+        if cid == b"fmt " and i + 12 <= len(head):
+            return struct.unpack_from("<H", head, i + 10)[0]
+        i += 8 + size + (size & 1)
+    return None
 
 
 class _AudioTrack:
@@ -234,7 +270,11 @@ class FileSource:
     live = False
 
     def __init__(self, path: str | Path, audio_path: str | Path | None = None, sample_rate: int = 16000,
-                 window_samples: int = 15600, use_audio: bool = True, use_video: bool = True):
+                 window_samples: int = 15600, use_audio: bool = True, use_video: bool = True,
+                 min_seconds: float = MIN_SECONDS):
+        """min_seconds: refuse, before any step, a recording shorter than this (pass the step length: a
+        recording shorter than one step gives no label). A recording between MIN_SECONDS and one step that
+        got here is refused at its first step instead."""
         self.path = Path(path)
         self.name = self.path.name
         self.sample_rate = sample_rate
@@ -264,6 +304,33 @@ class FileSource:
         self.has_audio_track, self.has_video_track = has_a or audio_path is not None, has_v
         self.duration = container_duration
         self._buf = np.zeros(window_samples, dtype=np.float32)
+        self._served = 0  # snapshots returned: none before the end means the recording is shorter than a step
+        try:
+            self._refuse_shorter_than(min_seconds)
+        except SourceError:
+            self.close()
+            raise
+
+    def _refuse_shorter_than(self, seconds: float) -> None:
+        """Decode the first `seconds` (kept in the rings for the first steps) and refuse a shorter recording."""
+        if self.audio is not None:
+            self.audio.fill_until(int(round(seconds * self.sample_rate)))
+        if self.video is not None:
+            self.video.fill_until(seconds)
+        if self.audio is None and self.video is None:
+            return  # no track wanted (the caller refuses that, naming what the model needs)
+        finished = (self.audio is None or self.audio.done) and (self.video is None or self.video.done)
+        if finished and seconds > self.end_time() + 1e-6:
+            raise self._too_short(seconds, "the shortest step" if seconds == MIN_SECONDS else "one step")
+
+    def _too_short(self, step_s: float, what: str = "one step") -> SourceError:
+        end = self.end_time()
+        if end <= 0:
+            return SourceError(f"{self.path}: no audio or video could be decoded (the recording is empty or damaged): "
+                               f"pass a recording at least {what} ({step_s * 1000:.0f} ms) long")
+        fix = "pass a longer recording" + (" or a shorter step (--step-ms)" if step_s > MIN_SECONDS else "")
+        return SourceError(f"{self.path}: the recording is {end * 1000:.1f} ms long, shorter than {what} "
+                           f"({step_s * 1000:.0f} ms), so it gives no label: {fix}")
 
     def start(self) -> None:
         pass
@@ -286,7 +353,10 @@ class FileSource:
             self.video.fill_until(t)
         finished = (self.audio is None or self.audio.done) and (self.video is None or self.video.done)
         if finished and t > self.end_time() + 1e-6:
+            if self._served == 0:
+                raise self._too_short(t)
             return None
+        self._served += 1
         audio = self.audio.ring.read(end, self.window, self._buf).copy() if self.audio is not None else None
         frame = None
         if self.video is not None:
