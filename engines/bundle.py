@@ -41,9 +41,13 @@ RESERVED_TOPICS = ("status",)  # stream.publish.TOPICS_FIXED (a test keeps the t
 MAX_WEIGHTS_BYTES = 4 << 30  # weights.pt, read by torch.load: the default model's is 1.2 MB
 AUDIO_RATE = (8000, 48000)  # Hz the model's front end may run at (inputs are resampled to it)
 MAX_WINDOW_S = 10.0  # the audio CNN's window (win + (frames - 1) * hop samples) at most 10 s
+MAX_FRAMES = 1000  # log-mel frames per CNN window (the default: 96)
+# the front end's work per second of audio, (sample_rate / hop) frames x n_fft: 4x the default's 100 x 512, so a
+# batch of 32 two-second steps stays near 100 MB of spectra
+MAX_FFT_PER_S = 4 * 100 * 512
 MAX_DIM = 4096  # audio_dim, hidden, proj: the default model's are 128
 MAX_LOOKAHEAD = 600  # steps (engines.teach.MAX_LOOKAHEAD: 60 s of future at 100 ms)
-VIDEO_SIZE = (32, 1024)  # px, the square video CNN input (EfficientNet-Lite0 is trained at 224)
+VIDEO_SIZE = (32, 512)  # px, the square video CNN input (EfficientNet-Lite0 is trained at 224)
 
 
 @dataclass(frozen=True)
@@ -232,11 +236,14 @@ def _parse_audio(c: _Checker, audio: Any) -> AudioFeatures:
     if not ten_ms or ten_ms % hop:
         c.fail("audio.hop", hop, f"a divisor of 10 ms of samples ({rate / 100:g} at {rate} Hz), so every step "
                "is a whole number of hops")
-    c.int_in("audio.n_fft", a["n_fft"], win, 8192)
+    n_fft = c.int_in("audio.n_fft", a["n_fft"], win, 4096)
+    if rate / hop * n_fft > MAX_FFT_PER_S:
+        c.fail("audio.n_fft", n_fft, f"at most {int(MAX_FFT_PER_S * hop / rate)} with hop {hop} at {rate} Hz "
+               f"(frames per second x n_fft at most {MAX_FFT_PER_S})")
     c.int_in("audio.n_mels", a["n_mels"], 1, 256)
     fmin = c.number_in("audio.fmin", a["fmin"], 0.0, rate / 2)
     c.number_in("audio.fmax", a["fmax"], fmin + 1.0, rate / 2)
-    max_frames = 1 + int((MAX_WINDOW_S * rate - win) // hop)
+    max_frames = max(1, min(MAX_FRAMES, 1 + int((MAX_WINDOW_S * rate - win) // hop)))
     c.int_in("audio.frames", a["frames"], 1, max_frames)
     return AudioFeatures(**{k: (float(v) if k in ("fmin", "fmax") else v) for k, v in a.items()})
 

@@ -85,6 +85,7 @@ CASES = {
     "fmax above Nyquist": (audio("fmax", 9000.0), ["audio.fmax = 9000.0"]),
     "fmin NaN": (audio("fmin", float("nan")), ["audio.fmin = nan"]),
     "n_fft below the window": (audio("n_fft", 256), ["audio.n_fft = 256"]),
+    "n_fft too costly for the hop": (audio("n_fft", 4096), ["audio.n_fft = 4096", "at most 2048"]),
     "unknown audio key": (audio("colour", 1), ["audio key = 'colour'"]),
     "audio missing for an audio model": (lambda s: s.__setitem__("audio", None), ["audio = None", "audio_lstm"]),
     "top level a list": (lambda s: Top([s]), ["the top level = [{"]),
