@@ -107,8 +107,13 @@ def resolve_model(path_or_name: str) -> Path:
     """A model folder from a path, or from the name of a model shipped with the package."""
     p = Path(path_or_name)
     for cand in (p, SHIPPED / path_or_name):
-        if (cand / "model.json").exists():
-            return cand
+        try:
+            if (cand / "model.json").exists():
+                return cand
+        except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL byte
+            why = getattr(exc, "strerror", None) or exc
+            raise EngineError(f"model {show_value(path_or_name)} cannot be looked up ({why}): pass a model folder "
+                              f"or a shipped model name") from exc
     shipped = sorted(d.name for d in SHIPPED.iterdir() if (d / "model.json").is_file()) if SHIPPED.is_dir() else []
     raise EngineError(f"model {path_or_name!r} not found: expected a folder with model.json "
                       f"or a shipped model name ({', '.join(shipped) or 'none installed'})")

@@ -276,3 +276,7 @@ def test_corrupt_weights_on_the_command_line(folder, media):
     (folder / "weights.pt").write_bytes(os.urandom(4096))
     one_line_error(run_cli("replay", str(media["wav"]), "--model", str(folder), "--backend", "torch",
                            "--publish", "none"), "weights.pt cannot be loaded")
+
+
+def test_a_model_name_too_long_for_the_file_system_is_one_line():
+    refused("m" * 300, "cannot be looked up", "File name too long")
