@@ -134,7 +134,10 @@ def model_file(folder: Path, name: Any, what: str = "model file") -> Path:
         raise EngineError(f"{what} {name!r} in {folder} points outside the model folder: expected a file name "
                           f"in the folder itself: {fix}")
     path = folder / rel
-    real, root = path.resolve(), folder.resolve()
+    try:
+        real, root = path.resolve(), folder.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
+        raise EngineError(f"{what} {path} cannot be resolved ({exc}): {fix}") from exc
     if not real.is_relative_to(root):
         raise EngineError(f"{what} {path} leads out of the model folder (to {real}): copy the file into the "
                           f"folder instead of linking to it")
@@ -200,7 +203,8 @@ class _Checker:
             self.fail(where, value, "a JSON object")
         missing, unknown = required - value.keys(), value.keys() - required - optional
         if missing:
-            self.fail(where, sorted(missing), f"these keys too: {', '.join(sorted(required))} are required")
+            raise EngineError(f"{self.path}: {where} lacks {', '.join(sorted(missing))}: expected the keys "
+                              f"{', '.join(sorted(required))} (fix model.json, or retrain the model)")
         if unknown:
             self.fail(f"{where} key", sorted(unknown)[0], f"one of {', '.join(sorted(required | optional))}")
         return value

@@ -96,7 +96,8 @@ CASES = {
     "unknown arch": (lambda s: s.__setitem__("arch", ["audio_lstm"]), ["arch ['audio_lstm'] unknown"]),
     "name not text": (lambda s: s.__setitem__("name", {"a": 1}), ["name = {'a': 1}"]),
     "unknown top-level key": (lambda s: s.__setitem__("extra", 1), ["model.json key = 'extra'"]),
-    "missing key": (lambda s: s.pop("hidden"), ["['hidden']"]),
+    "missing key": (lambda s: s.pop("hidden"), ["model.json lacks hidden"]),
+    "missing audio key": (lambda s: s["audio"].pop("win"), ["audio lacks win"]),
     "card not an object": (lambda s: s.__setitem__("card", []), ["card = []"]),
     "card version a list": (lambda s: s["card"].__setitem__("version", [1]), ["card.version = [1]"]),
     "video size 10^6 on a hybrid": (lambda s: s.update(arch="hybrid", video={"size": 10**6, "mean": 127.0,
@@ -192,6 +193,14 @@ def test_referenced_files_stay_inside_the_folder(folder, tmp_path):
     engines = open_engines(load_spec(str(folder)), "onnxruntime", threads=1)
     engines.temporal.load()
     assert engines.temporal.output_names == ["speech", "activity", "hn", "cn"]
+
+
+def test_a_symlink_loop_is_one_line(folder):
+    (folder / "temporal.onnx").unlink()
+    (folder / "temporal.onnx").symlink_to("temporal.onnx")
+    engines = open_engines(load_spec(str(folder)), "onnxruntime", threads=1)
+    with pytest.raises(EngineError, match="cannot be resolved"):
+        engines.temporal.load()
 
 
 def test_a_fifo_as_an_onnx_file_does_not_hang(folder):
