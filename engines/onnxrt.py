@@ -41,8 +41,7 @@ def check_io(path: Path, inputs: list[tuple], outputs: list[tuple],
             if typ != "tensor(float)":
                 raise EngineError(f"model file {path}: {kind[:-1]} {name!r} is {typ}, expected tensor(float): {fix}")
             if shape is None or len(shape) != len(want) or any(
-                    is_fixed and isinstance(d, int) and d != w
-                    for d, w, is_fixed in ((d, w, w is not None) for d, w in zip(shape, want))):
+                    isinstance(d, int) and w is not None and d != w for d, w in zip(shape, want)):
                 raise EngineError(f"model file {path} does not match model.json: {kind[:-1]} {name!r} has shape "
                                   f"{_shape(shape or [])}, model.json implies {_shape(want)} (classes per head, "
                                   f"audio features, dims): {fix}")
@@ -77,12 +76,13 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError("onnxruntime is not installed: pip install onnxruntime") from exc
         if not self.path.exists():
             raise EngineError(f"model file {self.path} not found: reinstall the model or pass another --model")
-        if not stat.S_ISREG(os.stat(self.path).st_mode):  # ONNX Runtime would block on a FIFO, read a device forever
+        st = os.stat(self.path)
+        if not stat.S_ISREG(st.st_mode):  # ONNX Runtime would block on a FIFO, and read a device for ever
             raise EngineError(f"model file {self.path} is not a regular file: reinstall the model or pass another "
                               f"--model")
-        if os.stat(self.path).st_size > MAX_ONNX_BYTES:
-            raise EngineError(f"model file {self.path} is {os.stat(self.path).st_size} bytes, more than ONNX's "
-                              f"{MAX_ONNX_BYTES}: re-export it or reinstall the model")
+        if st.st_size > MAX_ONNX_BYTES:
+            raise EngineError(f"model file {self.path} is {st.st_size} bytes, more than ONNX's {MAX_ONNX_BYTES}: "
+                              f"re-export it or reinstall the model")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
