@@ -285,3 +285,252 @@ def test_bad_key_files_are_clear_errors(tmp_path, media, port):
     r = run_cli("replay", str(media["wav"]), "--publish", f"tcp://127.0.0.1:{port}", "--keys", str(tmp_path / "k2"))
     assert r.returncode == 2 and "no client public keys" in r.stderr
     os.chmod(tmp_path / "k2", 0o700)
+
+
+# hostile and careless input (issue 10) ---------------------------------------------------------------------
+
+def rss_mib(pid: str | int = "self") -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_a_frame_claiming_1gib_before_curve_authentication_is_dropped_unbuffered(curve_keys, port):
+    """Raw TCP peers send a CURVE greeting, then a frame header claiming 1 GiB, then stream bytes of it: the
+    publisher drops each connection at the header (nothing buffered), and the allowed client gets every
+    message."""
+    from stream.security import apply_client
+    from tests import zmtp
+
+    keys, _ = curve_keys
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    ctx = zmq.Context()
+    good = ctx.socket(zmq.SUB)
+    good.setsockopt(zmq.LINGER, 0)
+    apply_client(good, keys / "server.key", keys / "allowed.key_secret")
+    good.setsockopt(zmq.SUBSCRIBE, b"")
+    good.connect(endpoint)
+    chunk = bytes(1 << 20)
+    try:
+        wait_subscribed(pub)
+        before = rss_mib()
+        accepted = []
+        for _ in range(4):
+            s = zmtp.connect(port)
+            sent = 0
+            if zmtp.send_quietly(s, zmtp.greeting(b"CURVE") + zmtp.frame_header(1 << 30, command=True)):
+                while sent < (48 << 20) and zmtp.send_quietly(s, chunk):
+                    sent += len(chunk)
+            accepted.append(sent)
+            s.close()
+            publish_steps(pub, 1, len(accepted) - 1)
+        publish_steps(pub, 16, 4)
+        grown = rss_mib() - before
+        got = [json.loads(d) for _, d in recv_all(good, 500)]
+    finally:
+        good.close(0)
+        pub.close(linger_ms=0)
+        ctx.term()
+    # unbounded, each connection's 48 MB were buffered (about 194 MB for three); now the kernel's socket
+    # buffers take a few MB before the reset, and the publisher keeps none of it
+    assert grown < 8, (grown, accepted)
+    assert min(accepted) < (48 << 20)
+    assert [m["seq"] for m in got if m["topic"] == "speech"] == list(range(20))
+
+
+def test_huge_and_flooding_subscriptions_are_bounded(port):
+    """One raw peer subscribes with 1 MB and 4 MB topics (each drops its connection now), another floods
+    5000 empty subscriptions, and 200 subscribers connect and drop: memory stays flat, each publish() reads a
+    bounded number of subscriptions, and the flood does not multiply the welcome repeats a good subscriber
+    gets (one per message at most), so it misses nothing."""
+    from stream.publish import MAX_SUBSCRIPTIONS_PER_SEND
+    from tests import zmtp
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = Publisher(endpoint, None, "test", "m@0")
+    ctx = zmq.Context()
+    good = ctx.socket(zmq.SUB)
+    good.setsockopt(zmq.LINGER, 0)
+    good.setsockopt(zmq.RCVHWM, 0)
+    good.setsockopt(zmq.SUBSCRIBE, b"")
+    good.connect(endpoint)
+    tracker = SeqTracker()
+    try:
+        wait_subscribed(pub)
+        publish_steps(pub, 5)
+        before = rss_mib()
+        huge = [zmtp.null_sub(port) for _ in range(3)]
+        for s, size in zip(huge, (1 << 20, 4 << 20, 4 << 20)):
+            zmtp.send_quietly(s, zmtp.subscription(b"s" * size))
+        flood = zmtp.null_sub(port)
+        zmtp.send_quietly(flood, zmtp.subscription(b"") * 5000)
+        for _ in range(200):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, b"speech")
+            s.connect(endpoint)
+            s.close(0)
+        reads = []
+        for k in range(5, 100):
+            n0 = pub.subscriptions
+            publish_steps(pub, 1, k)
+            reads.append(pub.subscriptions - n0)
+            for _, d in recv_all(good, 0):
+                tracker.check(json.loads(d))
+            time.sleep(0.005)
+        for _, d in recv_all(good, 300):
+            tracker.check(json.loads(d))
+        grown = rss_mib() - before
+        for s in huge + [flood]:
+            s.close()
+    finally:
+        good.close(0)
+        pub.close(linger_ms=0)
+        ctx.term()
+    assert grown < 20, grown  # unbounded: the 9 MB of topics made the subscription trie hundreds of MB
+    assert max(reads) <= 2 * MAX_SUBSCRIPTIONS_PER_SEND and sum(reads) >= 5000  # all read, a bounded few per call
+    assert pub.welcomes <= 2 * 95 and tracker.missed == {}  # at most one welcome per message sent
+    assert tracker.last == {"speech": 99, "activity": 99}
+
+
+def test_every_client_key_is_checked_at_start_and_a_bad_one_is_named(curve_keys, media, port):
+    """A junk file in clients/ made zmq.auth load no keys at all: everyone refused, silently, exit 0."""
+    keys, _ = curve_keys
+    endpoint = f"tcp://127.0.0.1:{port}"
+    junk = keys / "clients" / "junk.key"
+    junk.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"junk\.key holds no valid public key"):
+        Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    r = run_cli("replay", str(media["wav"]), "--publish", endpoint, "--keys", str(keys))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "junk.key" in r.stderr, r.stderr
+    junk.write_text('metadata\ncurve\n    public-key = "' + "x" * 39 + '"\n')
+    with pytest.raises(ConfigError, match="not a 40-character Z85"):
+        Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    junk.write_bytes(b"#" * 5000)  # a key file is ~250 bytes: a large one is read no further
+    with pytest.raises(ConfigError, match="larger than 4096 bytes"):
+        Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    junk.unlink()
+    os.mkfifo(junk)  # would hang a reader
+    with pytest.raises(ConfigError, match="not a regular file"):
+        Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    junk.unlink()
+    (keys / "clients" / "notes.txt").write_text("who has which key\n")
+    with pytest.raises(ConfigError, match=r"notes\.txt is not a client key"):
+        Publisher(endpoint, None, "test", "m@0", keys=str(keys))
+    (keys / "clients" / "notes.txt").unlink()
+    Publisher(endpoint, None, "test", "m@0", keys=str(keys)).close(linger_ms=0)  # the good folder still works
+
+
+class RawPublisher:
+    """An XPUB the test drives by hand, sending whatever it likes to `listen`."""
+
+    def __init__(self, port: int):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.XPUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://127.0.0.1:{port}")
+
+    def wait_subscribed(self, timeout_s: float = 20.0) -> None:
+        assert self.sock.poll(int(timeout_s * 1000)), "no subscriber"
+        self.sock.recv()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_listen_skips_and_counts_bad_messages_and_prints_valid_json(port):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    good = {"v": 1, "topic": "speech", "seq": 0, "t": 0.1, "wall": 1.0, "label": "speech", "score": 0.9,
+            "scores": {"speech": 0.9, "no_speech": 0.1}}
+    bad = [[b"speech"],  # one frame
+           [b"speech", b"\xff\xfe not utf-8"], [b"speech", b"{not json"], [b"speech", b"[1, 2, 3]"],
+           [b"speech", b'"a string"'], [b"speech", b"[" * 5000 + b"]" * 5000],
+           [b"speech", json.dumps({**good, "topic": "activity"}).encode()]]  # topic frame and payload disagree
+    odd = [{"topic": "speech", "seq": 1},  # fields missing
+           {**good, "seq": 2, "score": float("nan"), "t": float("inf"), "scores": {"speech": float("-inf")}},
+           {"topic": "status", "seq": 0, "state": "running", "latency_ms": {"p99": "x"}, "t": None},
+           {"topic": "activity", "seq": 0, "label": None, "scores": ["x"], "score": True},
+           {"v": 1, "topic": "status", "seq": 1, "t": 1.0, "state": "end", "steps": 3}]
+    for fmt in ("json", "text"):
+        pub = RawPublisher(port)
+        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--format", fmt,
+                                 "--until-end", "--timeout", "20"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            pub.wait_subscribed()
+            time.sleep(0.3)  # the SUB's filter is in place once its subscription arrived; its connect too
+            pub.sock.send_multipart([b"speech", json.dumps(good).encode()])
+            for frames in bad:
+                pub.sock.send_multipart(frames)
+            for m in odd:
+                pub.sock.send_multipart([m["topic"].encode(), json.dumps(m).encode()])  # json writes NaN
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            pub.close()
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        lines = out.splitlines()
+        assert len(lines) == 1 + len(odd), out
+        assert "skipped 7 bad message(s)" in err, err
+        if fmt == "json":
+            msgs = [json.loads(x, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) for x in lines]
+            assert msgs[2]["score"] is None and msgs[2]["t"] is None and msgs[2]["scores"] == {"speech": None}
+            assert msgs[-1]["state"] == "end"
+        else:
+            assert lines[1].split()[:3] == ["?s", "speech", "None"] and "status    end" in lines[-1]
+
+
+def test_listen_refuses_half_a_key_pair(curve_keys):
+    keys, _ = curve_keys
+    for flag, path in (("--server-key", keys / "server.key"), ("--client-key", keys / "allowed.key_secret")):
+        r = run_cli("listen", "tcp://127.0.0.1:5999", "--timeout", "1", flag, str(path))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "needs both" in r.stderr, r.stderr
+
+
+def test_endpoints_and_ports_are_checked_at_the_edge(media, port):
+    from stream.metrics import Metrics
+    from stream.security import parse_endpoint
+
+    # ZeroMQ took :99999 as port 34463
+    for bad, why in ((f"tcp://127.0.0.1:99999", "port 99999 is out of range"), ("tcp://127.0.0.1:0x10", "not a valid"),
+                     ("not an endpoint", "not a valid endpoint"), ("tcp://127.0.0.1", "not a valid endpoint"),
+                     ("tcp://[::1:5556", "not a valid endpoint"), ("tcp://999.1.1.1:5556", "not an IPv4 address"),
+                     ("udp://127.0.0.1:5556", "not a valid endpoint"), ("tcp://127.0.0.1:0", "out of range")):
+        with pytest.raises(ConfigError, match=why):
+            Publisher(bad, None, "test", "m@0")
+        assert not is_local(bad)
+    assert parse_endpoint("tcp://127.0.0.1:5556") == ("tcp", "127.0.0.1", 5556)
+    assert parse_endpoint("tcp://*:5556")[2] == 5556 and parse_endpoint("ipc:///tmp/x.sock")[0] == "ipc"
+    with pytest.raises(ConfigError, match="for binding"):
+        parse_endpoint("tcp://*:5556", bind=False)
+    r = run_cli("replay", str(media["wav"]), "--publish", "tcp://127.0.0.1:99999")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "port 99999 is out of range" in r.stderr, r.stderr
+    r = run_cli("replay", str(media["wav"]), "--publish", "localhost")
+    assert r.returncode == 2 and "not a valid endpoint" in r.stderr and "loopback" not in r.stderr, r.stderr
+    for bad in (70000, -1):
+        with pytest.raises(ConfigError, match=f"--metrics-port {bad} is not a TCP port"):
+            Metrics(bad)
+    r = run_cli("replay", str(media["wav"]), "--publish", "none", "--metrics-port", "70000")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--metrics-port 70000" in r.stderr, r.stderr
+
+
+def test_keys_refuses_to_replace_an_existing_client_unless_asked(tmp_path):
+    keys = tmp_path / "keys"
+    assert run_cli("keys", str(keys), "--client", "alice").returncode == 0
+    before = (keys / "clients" / "alice.key").read_text()
+    r = run_cli("keys", str(keys), "--client", "bob", "--client", "alice")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "alice.key" in r.stderr and "--replace" in r.stderr
+    assert (keys / "clients" / "alice.key").read_text() == before and not (keys / "bob.key_secret").exists()
+    r = run_cli("keys", str(keys), "--client", "alice", "--replace")
+    assert r.returncode == 0, r.stderr
+    assert (keys / "clients" / "alice.key").read_text() != before
+    r = run_cli("keys", str(keys), "--client", "../evil")
+    assert r.returncode == 2 and "not usable" in r.stderr
