@@ -205,27 +205,45 @@ def cmd_live(args) -> int:
     return 0
 
 
+def _num(x, spec: str = ".2f") -> str:
+    """A number formatted, or '?' for what is not one (a message from another publisher may lack fields)."""
+    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) else "?"
+
+
 def _format_text(msg: dict) -> str:
+    t = _num(msg.get("t"), "8.2f")
     if msg.get("topic") == "status":
         lat = msg.get("latency_ms")
-        lat_s = f" latency p99 {lat['p99']:.1f} ms" if lat else ""
-        return (f"{msg['t']:8.2f}s  status    {msg.get('state')}: {msg.get('steps')} steps, "
-                f"{msg.get('steps_per_s', 0):.1f} steps/s, drops {msg.get('drops')}{lat_s}")
-    top = sorted(msg["scores"].items(), key=lambda kv: -kv[1])[:3]
+        lat_s = f" latency p99 {_num(lat.get('p99'), '.1f')} ms" if isinstance(lat, dict) else ""
+        return (f"{t}s  status    {msg.get('state')}: {msg.get('steps')} steps, "
+                f"{_num(msg.get('steps_per_s', 0), '.1f')} steps/s, drops {msg.get('drops')}{lat_s}")
+    scores = msg.get("scores")
+    numeric = [(str(k), v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] \
+        if isinstance(scores, dict) else []
+    top = sorted(numeric, key=lambda kv: -kv[1])[:3]
     others = "  ".join(f"{k} {v:.2f}" for k, v in top)
-    return f"{msg['t']:8.2f}s  {msg['topic']:<9} {msg['label']:<12} {msg['score']:.2f}   ({others})"
+    return f"{t}s  {str(msg.get('topic')):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
 
 
 def cmd_listen(args) -> int:
+    import math
+
     import zmq
 
-    from .client import subscribe
+    from .client import SeqTracker, subscribe
 
+    if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= 86400 * 365):
+        raise ConfigError(f"--timeout {args.timeout}: not a usable time: pass seconds above 0 (or leave it out "
+                          f"to wait forever)")
+    if args.count < 0:
+        raise ConfigError(f"--count {args.count}: cannot be negative: pass 0 for no limit")
+    tracker = SeqTracker()
     n = 0
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
-                             server_key=args.server_key, client_key=args.client_key):
-            line = json.dumps(msg, separators=(",", ":")) if args.format == "json" else _format_text(msg)
+                             server_key=args.server_key, client_key=args.client_key, tracker=tracker):
+            line = (json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+                    if args.format == "json" else _format_text(msg))
             print(line, flush=True)
             n += 1
             if args.count and n >= args.count:
@@ -237,6 +255,9 @@ def cmd_listen(args) -> int:
                           f"tcp://127.0.0.1:5556") from exc
     except BrokenPipeError:
         return 0
+    finally:
+        if tracker.bad:
+            log.warning("skipped %d bad message(s) (not [topic, JSON object]); printed %d", tracker.bad, n)
     return 0
 
 
@@ -266,7 +287,7 @@ def cmd_devices(args) -> int:
 def cmd_keys(args) -> int:
     from .security import make_keys
 
-    for path in make_keys(Path(args.dir), args.client or []):
+    for path in make_keys(Path(args.dir), args.client or [], replace=args.replace):
         print(path)
     return 0
 
@@ -465,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     ky.add_argument("dir", help="keys folder: server.key(_secret), clients/NAME.key, NAME.key_secret")
     ky.add_argument("--client", action="append", metavar="NAME", help="also make a key pair for client NAME "
                                                                       "and allow it (repeatable)")
+    ky.add_argument("--replace", action="store_true",
+                    help="make a new key pair for a --client NAME that has one (its old key stops working); "
+                         "without it an existing client is refused")
     ky.set_defaults(fn=cmd_keys)
 
     dm = sub.add_parser("demo", help="make a sample recording and replay it to a subscriber in real time")
