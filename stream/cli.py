@@ -122,6 +122,21 @@ def _endpoint(value: str | None, cfg: Config) -> str | None:
     return None if value == "none" else value
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+ANNOTATE_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
+
+
+def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
+    """Before any work: no output on an input (the media, --config, the model folder's files, the keys folder)
+    or on another output, and every output writable (stream/outputs.py)."""
+    from .outputs import check_outputs, folder_inputs
+
+    keys = cfg.publish.keys or None
+    check_outputs(outputs, {**inputs, "a file of the model folder": folder_inputs(spec.folder),
+                            "a file of the keys folder": folder_inputs(keys) + folder_inputs(keys and
+                                                                                             Path(keys) / "clients")})
+
+
 def cmd_replay(args) -> int:
     from engines.bundle import load_spec
 
@@ -131,6 +146,23 @@ def cmd_replay(args) -> int:
     cfg = cfg.override("replay", realtime=True if args.realtime else None,
                        batch_steps=getattr(args, "batch_steps", None))
     spec = load_spec(cfg.model.path)
+    if args.truth and not args.plot:
+        raise ConfigError("--truth is drawn by --plot: pass --plot OUT.png too")
+    _check_run_outputs(cfg, spec, {"--out": args.out, "--stats": getattr(args, "stats", None), "--plot": args.plot,
+                                   "--annotate": args.annotate},
+                       {"the replayed file": args.path, "--audio": args.audio, "--truth": args.truth,
+                        "--config": args.config})
+    if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot {args.plot}: unknown picture format {Path(args.plot).suffix!r}: "
+                          f"end the name with {', '.join(PLOT_SUFFIXES)}")
+    if args.annotate and Path(args.annotate).suffix.lower() not in ANNOTATE_SUFFIXES:
+        raise ConfigError(f"--annotate {args.annotate}: unknown video format {Path(args.annotate).suffix!r}: "
+                          f"end the name with {', '.join(ANNOTATE_SUFFIXES)}")
+    truth = None
+    if args.truth:
+        from .plot import read_truth
+
+        truth = read_truth(args.truth)  # all of it checked now, not after the run
     audio = spec.audio
     source = FileSource(args.path, args.audio, sample_rate=audio.sample_rate if audio else 16000,
                         window_samples=audio.window_samples if audio else 1,
@@ -138,12 +170,12 @@ def cmd_replay(args) -> int:
                         use_video="video" in spec.modalities or args.show)  # --show shows the picture anyway
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
+        if args.annotate and not source.has_video_track:
+            raise SourceError(f"{args.path}: has no video track to annotate: use --plot OUT.png for "
+                              f"audio-only recordings")
     except ActstreamError:
         source.close()
         raise
-    if args.truth and not args.plot:
-        source.close()
-        raise ConfigError("--truth is drawn by --plot: pass --plot OUT.png too")
     messages: list | None = [] if (args.plot or args.annotate) else None
     summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
                         virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber,
@@ -151,9 +183,9 @@ def cmd_replay(args) -> int:
                         collect=messages, listeners=_replay_progress(source.duration))
     _print_summary(summary)
     if args.plot:
-        from .plot import plot_messages, read_truth
+        from .plot import plot_messages
 
-        plot_messages(messages, args.plot, read_truth(args.truth) if args.truth else None)
+        plot_messages(messages, args.plot, truth)
     if args.annotate:
         from .overlay import annotate
 
@@ -196,6 +228,8 @@ def cmd_live(args) -> int:
     camera = live.camera if "video" in spec.modalities or args.show else "none"
     mic = live.mic if "audio" in spec.modalities else "none"
     _check_modalities(spec, mic != "none", camera != "none", "live input")
+    _check_run_outputs(cfg, spec, {"--out": args.out},
+                       {"--config": args.config, "--camera": camera if os.path.isfile(camera) else None})
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
                         live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
@@ -295,7 +329,13 @@ def cmd_keys(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import make_demo_sample
 
+    from .outputs import check_output_folder, check_outputs
+
     out_dir = Path(args.dir)
+    check_output_folder("--dir", out_dir)
+    # the replay checks --out again; checked here too, so a bad one fails before the sample is made
+    check_outputs({"--out": args.out}, {"the demo sample": str(out_dir / "demo.mp4"),
+                                        "its truth file": str(out_dir / "demo.truth.csv"), "--config": args.config})
     sample = make_demo_sample(out_dir / "demo.mp4")
     endpoint = args.publish
     pace = "" if args.fast else " in real time"
@@ -385,6 +425,12 @@ def cmd_train(args) -> int:
     if args.recipe == "default":
         from engines.train import train_default
 
+        from .outputs import check_output_folder
+
+        if not Path(args.data, "manifests").is_dir():
+            raise ConfigError(f"{args.data}: has no manifests/ folder: --recipe default trains from the shared "
+                              f"data folder (../shared/data)")
+        check_output_folder("--out", args.out or "engines/weights/default")
         card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
                              quick=args.quick, progress=_progress())
     else:
@@ -402,7 +448,7 @@ def cmd_record(args) -> int:
     from .record import record
 
     cfg = load_config(args.config)
-    path = record(Path(args.dataset), args.label, args.seconds, args.camera or cfg.live.camera,
+    path = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
                   args.mic or cfg.live.mic)
     print(path)
     return 0

@@ -3,23 +3,32 @@ when a truth CSV (start_s,end_s,label) is given."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
+from .csvfile import name, number, read_csv, shown_path
 from .errors import ConfigError
 
 WIDTH_PX, HEIGHT_PX, DPI = 1200, 700, 100
+MAX_TRUTH_BYTES = 4 * 1024 * 1024  # a segment per second of a day of recording is about 2 MB
+MAX_TRUTH_ROWS = 100_000
+TRUTH_HINT = "expected a CSV with columns start_s,end_s,label (seconds, 0 <= start_s < end_s)"
 
 
 def read_truth(path: str | Path) -> list[tuple[float, float, str]]:
-    try:
-        with open(path) as fh:
-            rows = list(csv.DictReader(fh))
-        return [(float(r["start_s"]), float(r["end_s"]), r["label"]) for r in rows]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"truth file {path} unreadable ({exc}): expected a CSV with columns start_s,end_s,label") from exc
+    """Truth segments (start s, end s, label) from a CSV, validated whole: read before a run, not after it."""
+    rows = read_csv(path, "truth file", "start_s,end_s,label", {"start_s", "end_s", "label"}, None,
+                    MAX_TRUTH_BYTES, MAX_TRUTH_ROWS)
+    out = []
+    for line, r in rows:
+        where = f"truth file {shown_path(path)} line {line}"
+        a = number(r["start_s"], where, "start_s", TRUTH_HINT)
+        b = number(r["end_s"], where, "end_s", TRUTH_HINT)
+        if not a < b:
+            raise ConfigError(f"{where}: start_s {a:g} is not before end_s {b:g}: {TRUTH_HINT}")
+        out.append((a, b, name(r["label"], where, "label", TRUTH_HINT, max_len=256)))
+    return out
 
 
 def plot_messages(messages: list[dict], path: str | Path, truth: list[tuple[float, float, str]] | None = None,
