@@ -5,6 +5,7 @@ serves the `--show` window, `--annotate` videos and tests (off-screen).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ BAR_BG = (70, 70, 70)
 BAR = (80, 200, 120)  # BGR: the bars of every class
 BAR_ON = (60, 170, 255)  # BGR: the bar of the label currently shown
 TEXT = (235, 235, 235)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,11 +55,16 @@ def bar_origin(topic_index: int, class_index: int, classes_before: int, image_w:
     return image_w + BAR_X, y
 
 
-def render(frame: np.ndarray | None, state: OverlayState) -> np.ndarray:
-    """The overlay for one moment: (H, W + PANEL_W, 3) BGR uint8."""
-    w, h = image_size(frame.shape[:2] if frame is not None else None)
+def panel_height(state: OverlayState) -> int:
+    """Pixels the label panel needs for the topics and classes in `state`."""
     rows = sum(len(m["scores"]) for m in state.labels.values())
-    height = max(h, 10 + len(state.labels) * 28 + rows * ROW_H + 90)
+    return 10 + len(state.labels) * 28 + rows * ROW_H + 90
+
+
+def render(frame: np.ndarray | None, state: OverlayState, min_height: int = 0) -> np.ndarray:
+    """The overlay for one moment: (H, W + PANEL_W, 3) BGR uint8, at least min_height rows high."""
+    w, h = image_size(frame.shape[:2] if frame is not None else None)
+    height = max(h, panel_height(state), min_height)
     out = np.full((height, w + PANEL_W, 3), BG, np.uint8)
     if frame is not None:
         out[:h, :w] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -123,34 +131,59 @@ class Window:
 def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> int:
     """Write `video` again with the overlay of the labels in force at each frame, and its audio (mixed to mono).
 
-    Every input frame is kept (same count and rate); the overlay panel widens the picture. Returns the number
-    of frames written.
+    Every input frame is kept (same count and rate); the overlay panel widens the picture. Frames and audio
+    are decoded, drawn and encoded one at a time (stream/demo.MediaWriter): memory does not grow with the
+    video's length. Returns the number of frames written.
     """
-    from engines.data import load_audio
+    import av
 
-    from .demo import write_media
+    from .demo import MediaWriter
     from .errors import SourceError
     from .sources import _open_container
 
     timed = sorted(messages, key=lambda m: m["t"])
+    final = OverlayState()  # every topic the run published: the panel's height from the first frame on
+    for m in timed:
+        final.update(m)
     container = _open_container(Path(video))
+    writer = None
     try:
         if not container.streams.video:
             raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
         vstream = container.streams.video[0]
+        astream = container.streams.audio[0] if container.streams.audio else None
         fps = int(round(float(vstream.average_rate or 25)))
-        rate = container.streams.audio[0].rate if container.streams.audio else None
         t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
-        state, k, frames = OverlayState(), 0, []
-        for frame in container.decode(vstream):
-            t = (frame.time or 0.0) - t0
-            while k < len(timed) and timed[k]["t"] <= t + 1e-6:
-                state.update(timed[k])
-                k += 1
-            img = render(frame.to_ndarray(format="bgr24"), state)
-            frames.append(img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2])
+        w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
+        size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
+        writer = MediaWriter(out_path, size, fps, astream.rate if astream is not None else None)
+        state, k = OverlayState(), 0
+        streams = [vstream] + ([astream] if astream is not None else [])
+        for packet in container.demux(*streams):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as exc:
+                log.warning("%s: skipping an undecodable packet while annotating: %s", video, exc)
+                continue
+            for frame in frames:
+                if packet.stream is astream:
+                    writer.audio_frame(frame)
+                    continue
+                t = (frame.time or 0.0) - t0
+                while k < len(timed) and timed[k]["t"] <= t + 1e-6:
+                    state.update(timed[k])
+                    k += 1
+                img = render(frame.to_ndarray(format="bgr24"), state, size[1])
+                if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
+                    img = img[:size[1], :size[0]]  # even sizes for yuv420p
+                else:  # a frame smaller than the track's declared size
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+                writer.frame(img)
+        writer.close()
+        return writer.frames
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
     finally:
         container.close()
-    audio = load_audio(video, rate)[:, None] if rate else None
-    write_media(out_path, frames, audio if audio is not None and len(audio) else None, rate or 16000, fps)
-    return len(frames)
