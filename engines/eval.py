@@ -19,6 +19,7 @@ import numpy as np
 
 from stream.config import PolicyConfig
 from stream.core import LabelPolicy, Recognizer
+from stream.errors import ConfigError
 
 from .bundle import ModelSpec, load_spec, open_engines
 from .data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, load_audio, make_timeline
@@ -83,11 +84,39 @@ def silero_steps(audio: np.ndarray, n_steps: int, rate: int = 16000) -> np.ndarr
     return np.array([int(mask[max(0, (k + 1) * step - 1200):(k + 1) * step].mean() >= 0.5) for k in range(n_steps)])
 
 
+MAX_TIMELINES = 1000
+MAX_SECONDS = 3600.0
+MANIFESTS = ("librispeech_test_other", "fsdd", "dcase2016_task2")
+
+
+def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: float) -> None:
+    """What eval can know is wrong before it loads a clip: the counts, the data folder, the output folder."""
+    from stream.outputs import check_output_folder
+
+    if not 1 <= timelines <= MAX_TIMELINES:
+        raise ConfigError(f"--timelines {timelines} out of range: expected 1 to {MAX_TIMELINES}")
+    if not 1.0 <= seconds <= MAX_SECONDS:  # also refuses NaN
+        raise ConfigError(f"--seconds {seconds} out of range: expected 1 to {MAX_SECONDS:.0f} (seconds per timeline)")
+    if not data_root.is_dir():
+        raise ConfigError(f"data folder {data_root} not found: pass the shared data folder (../shared/data)")
+    for name in MANIFESTS:
+        if not (data_root / "manifests" / f"{name}.csv").is_file():
+            raise ConfigError(f"data folder {data_root} lacks manifests/{name}.csv: pass the shared data folder "
+                              f"(../shared/data), whose test splits eval uses")
+    check_output_folder("--out", out_dir)
+    if out_dir.resolve() == data_root.resolve():
+        raise ConfigError(f"--out {out_dir}: is the data folder: write the report to a folder of its own")
+
+
 def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[str], timelines: int = 8,
                     seconds: float = 60.0, seed: int = 1234, backend: str = "onnxruntime",
                     policy_cfg: PolicyConfig | None = None, progress=None) -> dict:
     """The full evaluation of a speech + activity model on the shared test splits; writes report.json and PNGs."""
+    check_eval_args(data_root, out_dir, timelines, seconds)
     spec = load_spec(model)
+    if "speech" not in spec.heads:
+        raise ConfigError(f"model {spec.tag} has no speech head (heads: {', '.join(spec.heads)}): eval judges "
+                          f"speech + activity models such as the default one")
     policy_cfg = policy_cfg or PolicyConfig()
     engines = open_engines(spec, backend)
     engines.load()

@@ -11,10 +11,10 @@ points and joined, so it learns the transitions too.
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import logging
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stream.csvfile import shown_path
 from stream.errors import ConfigError, SourceError
 from stream.core import StageTimes, encode_step
 from stream.frontend import VideoFeatures
@@ -55,27 +56,83 @@ def _group_of(path: Path) -> str:
     return stem.split("_")[0] if "_" in stem else stem
 
 
-def read_dataset(path: str | Path) -> list[Item]:
-    """Items from a class-per-subfolder folder or a manifest CSV; refuses datasets that cannot train."""
-    path = Path(path)
-    items: list[Item] = []
-    if path.is_file() and path.suffix == ".csv":
-        with path.open() as fh:
-            reader = csv.DictReader(fh)
-            missing = {"path", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise ConfigError(f"{path}: manifest lacks column(s) {', '.join(sorted(missing))}: expected "
-                                  f"path,label[,start,end][,group]")
-            for row in reader:
-                p = (path.parent / row["path"]).resolve()
-                items.append(Item(p, row["label"], row.get("group") or _group_of(p),
-                                  float(row["start"]) if row.get("start") else None,
-                                  float(row["end"]) if row.get("end") else None))
-    elif path.is_dir():
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # about 100,000 rows of long paths
+MAX_ITEMS = 100_000  # recordings in one dataset (manifest rows or files in a folder)
+MAX_LABEL = 64  # characters of a class label (the same bound as `actstream record --label`)
+MANIFEST_HINT = "expected columns path,label[,start,end][,group] (paths relative to the CSV, start/end in seconds)"
+
+
+def _media_file(p: Path, where: str) -> Path:
+    """A recording named by a dataset: it exists and is a regular, non-empty file."""
+    shown = shown_path(p)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: file {shown} not found: fix the path (relative to the manifest) or remove "
+                          f"the row") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{where}: file {shown[:200]} cannot be used ({getattr(exc, 'strerror', None) or exc}): "
+                          f"fix the path or remove the row") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{where}: {shown} is not a regular file (a folder, device or pipe): name a recording")
+    if st.st_size == 0:
+        raise ConfigError(f"{where}: {shown} is empty: name a recording with audio or video")
+    return p
+
+
+def _manifest_items(path: Path) -> list[Item]:
+    """Every row of a manifest CSV checked before any recording is read: one line names the row at fault."""
+    from stream.csvfile import name, number, read_csv
+
+    rows = read_csv(path, "manifest", "path,label[,start,end][,group]", {"path", "label"},
+                    {"path", "label", "start", "end", "group"}, MAX_MANIFEST_BYTES, MAX_ITEMS)
+    items = []
+    for line, row in rows:
+        where = f"manifest {shown_path(path)} line {line}"
+        if not row["path"].strip():
+            raise ConfigError(f"{where}: path is empty: {MANIFEST_HINT}")
+        try:
+            p = (path.parent / row["path"].strip()).absolute()
+        except ValueError as exc:
+            raise ConfigError(f"{where}: path {row['path'][:80]!r} is not a usable path: {MANIFEST_HINT}") from exc
+        label = name(row["label"], where, "label", MANIFEST_HINT, MAX_LABEL)
+        start = number(row["start"], where, "start", MANIFEST_HINT) if (row.get("start") or "").strip() else None
+        end = number(row["end"], where, "end", MANIFEST_HINT) if (row.get("end") or "").strip() else None
+        if start is not None and end is not None and not start < end:
+            raise ConfigError(f"{where}: start {start:g} is not before end {end:g}: {MANIFEST_HINT}")
+        group = (name(row["group"], where, "group", MANIFEST_HINT, 256) if (row.get("group") or "").strip()
+                 else None)
+        _media_file(p, where)
+        items.append(Item(p, label, group or _group_of(p), start, end))
+    return items
+
+
+def _folder_items(path: Path) -> list[Item]:
+    items = []
+    try:
         for sub in sorted(p for p in path.iterdir() if p.is_dir()):
             for f in sorted(sub.iterdir()):
-                if f.suffix.lower() in MEDIA:
-                    items.append(Item(f, sub.name, _group_of(f)))
+                if f.suffix.lower() not in MEDIA:
+                    continue
+                if len(items) >= MAX_ITEMS:
+                    raise ConfigError(f"{path}: more than {MAX_ITEMS} recordings: train on a smaller dataset")
+                if len(sub.name) > MAX_LABEL:
+                    raise ConfigError(f"{sub}: a class folder name of {len(sub.name)} characters: expected at "
+                                      f"most {MAX_LABEL} (it becomes the class label)")
+                items.append(Item(_media_file(f, str(sub)), sub.name, _group_of(f)))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be listed ({exc.strerror}: {exc.filename}): check its permissions") from exc
+    return items
+
+
+def read_dataset(path: str | Path) -> list[Item]:
+    """Items from a class-per-subfolder folder or a manifest CSV, all checked before any training starts;
+    refuses datasets that cannot train."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv" and not path.is_dir():
+        items = _manifest_items(path)
+    elif path.is_dir():
+        items = _folder_items(path)
     else:
         raise ConfigError(f"{path}: not a dataset folder or manifest CSV: expected a folder with one subfolder "
                           f"per class, or a CSV with columns path,label[,start,end][,group]")
@@ -158,17 +215,51 @@ def _split_groups(items: list[Item], rng: np.random.Generator) -> set[str]:
     return held
 
 
+MAX_EPOCHS = 10_000
+MAX_LOOKAHEAD = 600  # steps: 60 s of future at 100 ms
+
+
+def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):
+    """Everything `train` can know is wrong before it trains: the arguments, the output folder, the whole
+    dataset. Returns (items, base model spec)."""
+    from stream.outputs import check_output_folder
+
+    if arch not in ARCHS:
+        raise ConfigError(f"--arch {arch!r} unknown: expected one of {', '.join(ARCHS)}")
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise ConfigError(f"--epochs {epochs} out of range: expected 1 to {MAX_EPOCHS}")
+    if arch == "bilstm" and not 1 <= lookahead <= MAX_LOOKAHEAD:
+        raise ConfigError(f"--lookahead {lookahead} out of range for bilstm: expected 1 to {MAX_LOOKAHEAD} steps")
+    model_name = name if name is not None else Path(out).name
+    if not model_name or len(model_name) > 64 or not all(c.isalnum() or c in "-_." for c in model_name):
+        raise ConfigError(f"model name {model_name[:80]!r} is not usable: pass --name with 1 to 64 letters, "
+                          f"digits, '.', '-' or '_'")
+    check_output_folder("--out", out)
+    out_real = Path(out).resolve()
+    data_path = Path(data)
+    if out_real == data_path.resolve():
+        raise ConfigError(f"--out {out}: is the dataset folder {data}: write the model to a folder of its own")
+    items = read_dataset(data)
+    for folder in sorted({i.path.parent for i in items}):
+        if out_real == folder.resolve():
+            item = next(i for i in items if i.path.parent == folder)
+            raise ConfigError(f"--out {out}: holds the recording {item.path}: write the model to a folder of "
+                              f"its own, outside the dataset")
+    base_spec = load_spec(base)
+    if base_spec.folder is not None and out_real == base_spec.folder.resolve():
+        raise ConfigError(f"--out {out}: is the folder of --base {base}, whose audio CNN this model reuses: "
+                          f"write the new model to another folder")
+    return items, base_spec
+
+
 def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", seed: int = 0, epochs: int = 30,
                  base: str = "default", name: str | None = None, lookahead: int = 10, progress=None) -> dict:
     """Train a model for the classes of a dataset folder or manifest; returns its model card."""
-    if arch not in ARCHS:
-        raise ConfigError(f"--arch {arch!r} unknown: expected one of {', '.join(ARCHS)}")
     t0 = time.time()
+    items, base_spec = check_train_args(data, out, arch, epochs, lookahead, name, base)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    items = read_dataset(data)
     classes = sorted({i.label for i in items})
-    base_spec = load_spec(base)
     uses_audio = "audio" in ARCHS[arch]
     spec = ModelSpec(name=name or Path(out).name, arch=arch, heads={"activity": classes},
                      audio=base_spec.audio if uses_audio else None,
@@ -176,7 +267,8 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
                      lookahead=lookahead if arch == "bilstm" else 0, motion="video" in ARCHS[arch],
                      folder=base_spec.folder)
     engines = open_engines(spec, "onnxruntime")
-    engines.load()
+    for encoder in engines.encoders.values():  # the base model's encoders; its temporal network is not this one's
+        encoder.load()
     try:
         embs = []
         for n, item in enumerate(items):

@@ -20,21 +20,46 @@ log = logging.getLogger(__name__)
 RATE = 16000
 
 
-def record(dataset: Path, label: str, seconds: float, camera: str, mic: str, fps: int = 25) -> Path:
-    """Record `seconds` of camera and/or microphone; returns the file written (atomically)."""
+MAX_LABEL = 64  # characters of --label (a class name, a folder name and the start of a file name)
+MAX_LABEL_BYTES = 192  # in UTF-8: LABEL_<time>-N.mkv and its temporary name stay under the 255-byte name limit
+
+
+def check_label(label: str) -> str:
+    """A class label usable as a folder name: 1 to 64 letters (any script), digits, - or _."""
+    if not label or len(label) > MAX_LABEL or not all(c.isalnum() or c in "-_" for c in label) \
+            or label[0] == "-" or len(label.encode("utf-8")) > MAX_LABEL_BYTES:
+        shown = repr(label[:40]) + ("..." if len(label) > 40 else "")
+        raise ConfigError(f"--label {shown} ({len(label)} characters) is not a usable class name: use 1 to "
+                          f"{MAX_LABEL} letters, digits, - or _ (at most {MAX_LABEL_BYTES} bytes in UTF-8)")
+    return label
+
+
+def record(dataset: str | Path, label: str, seconds: float, camera: str, mic: str, fps: int = 25) -> Path:
+    """Record `seconds` of camera and/or microphone; returns the file written (atomically). Everything that
+    can be known wrong is refused before a device opens or a folder is made."""
     import av
 
-    if not label or "/" in label or label.startswith("."):
-        raise ConfigError(f"--label {label!r} is not a usable class name: use letters, digits, - or _")
+    from .outputs import check_output_folder
+
+    check_label(label)
     if not 0 < seconds <= 3600:
         raise ConfigError(f"--seconds {seconds} out of range: expected 0 < seconds <= 3600")
+    if camera == "none" and mic == "none":
+        raise ConfigError("--camera none and --mic none: nothing to record: give a camera, a microphone or both "
+                          "(see `actstream devices`)")
+    dataset = Path(dataset)
+    check_output_folder("--dataset", dataset)
     folder = dataset / label
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{label}_{time.strftime('%Y%m%d-%H%M%S')}.mkv"
-    tmp = path.with_name(f".{path.name}.tmp.mkv")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--label {label}: {folder} is a file, not a folder: move it or choose another label")
     source = LiveSource(camera, mic, RATE, window_samples=1, frame_ring=fps * 2, audio_ring_s=10.0)
     source.start()
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    tmp = None
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = _free_name(folder, label)
+        tmp = path.with_name(f".{path.name}.tmp.mkv")
         with av.open(str(tmp), "w") as out:
             vs = st = None
             if source.camera is not None:
@@ -71,14 +96,36 @@ def record(dataset: Path, label: str, seconds: float, camera: str, mic: str, fps
                 out.mux(vs.encode())
             if st is not None:
                 out.mux(st.encode())
-    except Exception:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        _drop_if_empty(made)
         raise
     finally:
         source.close()
     if source.camera is not None and n_frames == 0:
         tmp.unlink(missing_ok=True)
+        _drop_if_empty(made)
         raise SourceError(f"camera {camera!r} gave no frames in {seconds} s: check it with `actstream devices`")
     tmp.replace(path)
     log.info("recorded %s (%d frames, %.1f s of audio)", path, n_frames, audio_done / RATE)
     return path
+
+
+def _free_name(folder: Path, label: str) -> Path:
+    """DATASET/LABEL/LABEL_<time>.mkv, with -2, -3... when a recording of the same second exists: never replaced."""
+    stem = f"{label}_{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = folder / f"{stem}.mkv", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.mkv"
+    return path
+
+
+def _drop_if_empty(made: list[Path]) -> None:
+    """A failed recording leaves none of the folders it made behind (only empty ones are removed)."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
