@@ -5,6 +5,9 @@ Payload fields (schema.json has the contract): v, topic, seq (per topic, from 0,
 replay pacer), label, score, scores, source, model, and per topic a few more.
 
 Socket handling:
+- a bus thread owns the XPUB: publish() hands each message to it over an inproc pair and returns; the
+  thread sends, reads subscriptions and answers late joiners. What peers make ZeroMQ do (it takes their
+  subscriptions in inside the calls of the socket's owner) then never runs on the step loop.
 - late joiners: the XPUB sees every subscription (XPUB_VERBOSE) and answers it with the last message of each
   topic the subscription matches, so a subscriber that joins mid-stream has the current labels at once.
   Subscribers already connected get that message a second time (same bytes); client.subscribe drops it.
@@ -16,10 +19,10 @@ Socket handling:
 - hostile peers: what a peer can make the publisher hold is bounded before and after authentication. An
   inbound frame (a handshake command or a subscription) over MAX_INBOUND_BYTES drops that connection before
   it is buffered (ZMQ_MAXMSGSIZE); a handshake not finished in HANDSHAKE_MS drops it too; each peer has at
-  most INBOUND_HWM subscription messages queued. Subscriptions are read on the step thread, at most
-  MAX_SUBSCRIPTIONS_PER_SEND per publish() call, so a flood of them costs each step a bounded, small time;
-  and a topic's last message is re-sent to late joiners at most once per message (so a subscription flood
-  cannot multiply the traffic every subscriber receives).
+  most INBOUND_HWM subscription messages queued and PEER_RCVBUF bytes in the kernel; a TCP connection that
+  has sent more than PEER_BYTES (+ PEER_BYTES_PER_S of its age) is dropped with what it subscribed
+  (_PeerGuard). A topic's last message is re-sent to late joiners at most once per message, so a
+  subscription flood cannot multiply the traffic every subscriber receives.
 - only labels: a message is a small JSON object; anything larger than MAX_MESSAGE_BYTES (raw frames or
   audio would be) is refused.
 """
@@ -31,6 +34,9 @@ import json
 import logging
 import math
 import os
+import socket
+import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any, IO
@@ -48,7 +54,15 @@ MAX_MESSAGE_BYTES = 65536  # a label message is ~300 bytes (~30 per class); a fr
 MAX_INBOUND_BYTES = 1024
 HANDSHAKE_MS = 5000  # a peer that has not finished the ZMTP (and CURVE) handshake by then is dropped
 INBOUND_HWM = 100  # subscription messages queued per peer before ZeroMQ stops reading from it (TCP pushes back)
-MAX_SUBSCRIPTIONS_PER_SEND = 200  # (un)subscriptions handled per publish() call: ~0.3 ms of the step at most
+MAX_SUBSCRIPTIONS_PER_SEND = 200  # (un)subscriptions the bus thread reads between two looks at outgoing messages
+# What one TCP connection may send in all: a subscriber sends a greeting, a handshake and a few subscriptions
+# (well under 4 KiB), then only heartbeats if it sets them. ZeroMQ keeps every subscription a peer sends in a
+# trie per peer, with no limit of its own: past this budget the connection is dropped, and its trie with it.
+PEER_BYTES = 16 * 1024
+PEER_RCVBUF = 16 * 1024  # kernel receive buffer per connection: what is still read after a drop (Linux doubles it)
+PEER_BYTES_PER_S = 256  # the budget grows with the connection's age, for heartbeats
+GUARD_INTERVAL_S = 0.02
+HANDOFF_HWM = 50000  # messages between the step loop and the bus thread (~100 s of a busy stream); past it, dropped
 
 
 def _round(x: Any) -> Any:
@@ -85,7 +99,10 @@ class Publisher:
         self.listeners: list = []  # callables taking each payload dict, after it is sent
         self._seq: dict[str, int] = {}
         self._last: dict[str, bytes] = {}  # topic -> last message sent, for late joiners
-        self._ctx = self._sock = self._curve = None
+        self._ctx = self._sock = self._curve = self._guard = self._tx = self._rx = self._bus = None
+        self._subscribed = threading.Event()
+        self.handoff_drops = 0  # messages the bus thread was too far behind to take (HANDOFF_HWM)
+        self.forwarded = 0  # messages the bus thread has sent on (publish() has handed over `sent`)
         self._out: IO[bytes] | None = None
         self.out_path = Path(out) if out is not None else None
         self.out_error: str | None = None
@@ -116,12 +133,15 @@ class Publisher:
                 self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
                 self._sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
                 self._sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
+                self._sock.setsockopt(zmq.RCVBUF, PEER_RCVBUF)
                 if keys:
                     from .security import CurveServer
 
                     self._curve = CurveServer(self._ctx, keys)
                     self._curve.apply(self._sock)
                 self._sock.bind(endpoint)
+                if endpoint.startswith("tcp://"):
+                    self._guard = _PeerGuard(self._ctx, self._sock)
             except zmq.ZMQError as exc:
                 self.close()
                 hint = ("another process is using it: stop it or pass --publish with another port"
@@ -131,10 +151,49 @@ class Publisher:
                 self.close()
                 raise
             self.endpoint = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            # the XPUB belongs to the bus thread from here: ZeroMQ does the work a peer causes (taking in its
+            # subscriptions) inside whichever call the socket's owner makes, and that must not be the step loop
+            addr = f"inproc://actstream-bus-{id(self)}"
+            self._tx = self._ctx.socket(zmq.PAIR)
+            self._tx.setsockopt(zmq.SNDHWM, HANDOFF_HWM)
+            self._tx.setsockopt(zmq.LINGER, 0)
+            self._tx.bind(addr)
+            self._rx = self._ctx.socket(zmq.PAIR)
+            self._rx.setsockopt(zmq.RCVHWM, HANDOFF_HWM)
+            self._rx.connect(addr)
+            self._bus = threading.Thread(target=self._run_bus, name="actstream-bus", daemon=True)
+            self._bus.start()
+
+    def _run_bus(self) -> None:
+        """The bus thread: forwards what publish() hands over, reads subscriptions, answers late joiners."""
+        zmq = self._zmq
+        poller = zmq.Poller()
+        poller.register(self._rx, zmq.POLLIN)
+        poller.register(self._sock, zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll(1000))
+                if self._rx in events:
+                    for _ in range(1000):  # then subscriptions get their turn
+                        try:
+                            frames = self._rx.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        if len(frames) == 1:
+                            return  # close(): everything before it has been sent
+                        topic = frames[0].decode()
+                        self._send(topic, frames[1])
+                        self._last[topic] = frames[1]
+                        self._welcomed.discard(topic)
+                        self.forwarded += 1
+                if self._sock in events:
+                    self._drain_subscriptions()
+        except zmq.ZMQError as exc:  # pragma: no cover - the context went away under it
+            log.error("the label bus stopped: %s", exc)
 
     def _drain_subscriptions(self, timeout_ms: int = 0, limit: int = MAX_SUBSCRIPTIONS_PER_SEND) -> int:
-        """Read up to `limit` (un)subscription messages (waiting up to timeout_ms for the first); answer the
-        subscriptions among them with the current labels. Returns how many were read."""
+        """(Bus thread.) Read up to `limit` (un)subscription messages (waiting up to timeout_ms for the first);
+        answer the subscriptions among them with the current labels. Returns how many were read."""
         zmq = self._zmq
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
             return 0
@@ -152,6 +211,10 @@ class Publisher:
             elif msg[:1] == b"\x00":
                 self._subscribers = max(0, self._subscribers - 1)
         self.subscriptions += n
+        if self._subscribers:
+            self._subscribed.set()
+        else:
+            self._subscribed.clear()
         if prefixes:
             self._welcome(prefixes)
         return n
@@ -187,12 +250,9 @@ class Publisher:
 
     def wait_for_subscriber(self, timeout_s: float) -> bool:
         """Block until at least one subscription arrives (or timeout): no message is lost to a slow joiner."""
-        if self._sock is None:
+        if self._bus is None:
             return False
-        deadline = time.monotonic() + timeout_s
-        while self._subscribers == 0 and time.monotonic() < deadline:
-            self._drain_subscriptions(timeout_ms=int(max(1, (deadline - time.monotonic()) * 1000)))
-        return self._subscribers > 0
+        return self._subscribed.wait(timeout_s)
 
     def publish(self, topic: str, t: float, wall: float, label: str | None, score: float | None,
                 scores: dict[str, float], **extra: Any) -> dict:
@@ -209,11 +269,15 @@ class Publisher:
         if len(data) > MAX_MESSAGE_BYTES:
             raise PublishError(f"{topic}: message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}: the label "
                                f"stream carries labels, never raw frames or audio")
-        if self._sock is not None:
-            self._drain_subscriptions()
-            self._send(topic, data)
-            self._last[topic] = data
-            self._welcomed.discard(topic)
+        if self._tx is not None:
+            try:
+                self._tx.send_multipart([topic.encode(), data], flags=self._zmq.NOBLOCK)
+            except self._zmq.Again:  # the bus thread is HANDOFF_HWM messages behind: it is stuck; never wait on it
+                self.handoff_drops += 1
+                self.bus_overflows[topic] = self.bus_overflows.get(topic, 0) + 1
+                if self.handoff_drops in (1, 1000):
+                    log.error("the bus thread is %d messages behind: dropping messages (%d so far)",
+                              HANDOFF_HWM, self.handoff_drops)
         if self._out is not None:
             self._write_out(data + b"\n", flush=topic == "status")
         for listener in self.listeners:  # in-process consumers: overlay, metrics, plots
@@ -252,6 +316,24 @@ class Publisher:
             if self._out is not None:
                 self._out.close()
                 self._out = None
+        if self._bus is not None:
+            self._tx.setsockopt(self._zmq.SNDTIMEO, 2000)
+            try:
+                self._tx.send(b"")  # after the last message: the bus thread sends everything, then stops
+            except self._zmq.ZMQError:
+                pass
+            self._bus.join(5.0)
+            if self._bus.is_alive():  # pragma: no cover - stuck in ZeroMQ; closing under it would crash
+                log.warning("the bus thread did not stop within 5 s; leaving its socket open")
+                self._sock = self._ctx = self._guard = None  # left to the process's exit
+            self._bus = None
+        for s in (self._tx, self._rx):
+            if s is not None:
+                s.close(0)
+        self._tx = self._rx = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         if self._sock is not None:
             self._sock.setsockopt(self._zmq.LINGER, linger_ms)
             self._sock.close()
@@ -262,3 +344,93 @@ class Publisher:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+
+
+class _PeerGuard:
+    """Drops any TCP connection to the publisher that has sent more than its byte budget.
+
+    A thread follows the socket's connections through a ZeroMQ monitor (accepted: the file descriptor) and
+    reads each one's received byte count from the kernel (TCP_INFO) every GUARD_INTERVAL_S; a connection over
+    PEER_BYTES + PEER_BYTES_PER_S x its age is shut down, which makes ZeroMQ close it and forget what it
+    subscribed. It never touches the XPUB socket itself (that belongs to the step thread)."""
+
+    _TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux 4.1 and later)
+
+    def __init__(self, ctx, sock):
+        import zmq
+
+        self._zmq = zmq
+        self._sock = sock
+        addr = f"inproc://actstream-peers-{id(self)}"
+        sock.monitor(addr, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        self._mon = ctx.socket(zmq.PAIR)
+        self._mon.setsockopt(zmq.RCVHWM, 0)  # the I/O thread must never wait on this queue
+        self._mon.setsockopt(zmq.LINGER, 0)
+        self._mon.connect(addr)
+        self._peers: dict[int, float] = {}  # fd -> when accepted (monotonic s)
+        self.dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="actstream-peer-guard", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        zmq = self._zmq
+        next_check = time.monotonic() + GUARD_INTERVAL_S
+        while not self._stop.is_set():
+            try:
+                ready = self._mon.poll(max(1, int((next_check - time.monotonic()) * 1000)))
+                while ready and self._mon.poll(0):
+                    ev = parse_monitor_message(self._mon.recv_multipart())
+                    if ev["event"] == zmq.EVENT_ACCEPTED:
+                        self._peers[ev["value"]] = time.monotonic()
+                    else:
+                        self._peers.pop(ev["value"], None)
+            except zmq.ZMQError:
+                return  # closing
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + GUARD_INTERVAL_S
+                for fd, since in list(self._peers.items()):
+                    if self._received(fd) > PEER_BYTES + PEER_BYTES_PER_S * (now - since):
+                        self._drop(fd)
+
+    def _received(self, fd: int) -> int:
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:
+            self._peers.pop(fd, None)  # closed already
+            return 0
+        try:
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            return struct.unpack_from("Q", info, self._TCPI_BYTES_RECEIVED)[0] if len(info) >= 136 else 0
+        except OSError:
+            return 0
+        finally:
+            s.detach()  # the descriptor is ZeroMQ's
+
+    def _drop(self, fd: int) -> None:
+        s = socket.socket(fileno=fd)
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            s.detach()
+        self._peers.pop(fd, None)
+        self.dropped += 1
+        if self.dropped in (1, 10) or self.dropped % 1000 == 0:  # a reconnecting flood must not flood the log
+            log.warning("dropped a bus connection that sent more than %d bytes (a flood of subscriptions or "
+                        "frames): %d so far", PEER_BYTES, self.dropped)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+        if self._thread.is_alive():
+            log.warning("the bus peer guard did not stop within 2 s")
+        try:
+            self._sock.disable_monitor()
+        except self._zmq.ZMQError:
+            pass
+        self._mon.close(0)

