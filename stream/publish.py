@@ -140,7 +140,7 @@ class Publisher:
                     self._curve = CurveServer(self._ctx, keys)
                     self._curve.apply(self._sock)
                 self._sock.bind(endpoint)
-                if endpoint.startswith("tcp://"):
+                if endpoint.startswith("tcp://") and hasattr(socket, "TCP_INFO"):  # Linux
                     self._guard = _PeerGuard(self._ctx, self._sock)
             except zmq.ZMQError as exc:
                 self.close()
