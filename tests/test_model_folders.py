@@ -289,3 +289,12 @@ def test_corrupt_weights_on_the_command_line(folder, media):
 
 def test_a_model_name_too_long_for_the_file_system_is_one_line():
     refused("m" * 300, "cannot be looked up", "File name too long")
+
+
+def test_heads_that_disagree_with_the_weights_are_one_line(folder):
+    from engines.bundle import load_torch_modules
+
+    write_spec(folder, lambda s: s["heads"]["activity"].pop())
+    with pytest.raises(EngineError) as exc:
+        load_torch_modules(load_spec(str(folder)))
+    assert "\n" not in str(exc.value) and "weights.pt cannot be loaded" in str(exc.value)
