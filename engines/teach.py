@@ -215,6 +215,24 @@ def _split_groups(items: list[Item], rng: np.random.Generator) -> set[str]:
     return held
 
 
+def _probe_tracks(items: list[Item], arch: str) -> None:
+    """Each recording opens as media and has the tracks the architecture needs: known in milliseconds per file,
+    before the first embedding rather than in the middle of them."""
+    from stream.sources import _open_container
+
+    needs = [m for m in ("audio", "video") if m in ARCHS[arch]]
+    for item in items:
+        container = _open_container(item.path)
+        try:
+            present = {"audio": bool(container.streams.audio), "video": bool(container.streams.video)}
+        finally:
+            container.close()
+        for m in needs:
+            if not present[m]:
+                raise SourceError(f"{shown_path(item.path)}: has no {m}, but --arch {arch} needs {m}: remove it "
+                                  f"from the dataset or choose an arch without {m}")
+
+
 MAX_EPOCHS = 10_000
 MAX_LOOKAHEAD = 600  # steps: 60 s of future at 100 ms
 
@@ -245,6 +263,7 @@ def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: st
             item = next(i for i in items if i.path.parent == folder)
             raise ConfigError(f"--out {out}: holds the recording {item.path}: write the model to a folder of "
                               f"its own, outside the dataset")
+    _probe_tracks(items, arch)
     base_spec = load_spec(base)
     if base_spec.folder is not None and out_real == base_spec.folder.resolve():
         raise ConfigError(f"--out {out}: is the folder of --base {base}, whose audio CNN this model reuses: "

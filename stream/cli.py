@@ -185,14 +185,25 @@ def cmd_replay(args) -> int:
     if args.plot:
         from .plot import plot_messages
 
-        plot_messages(messages, args.plot, truth)
+        _written("--plot", args.plot, lambda: plot_messages(messages, args.plot, truth))
     if args.annotate:
         from .overlay import annotate
 
-        annotate(args.path, messages, args.annotate)
+        _written("--annotate", args.annotate, lambda: annotate(args.path, messages, args.annotate))
     if getattr(args, "stats", None):
-        _write_stats(args.stats, summary)
+        _written("--stats", args.stats, lambda: _write_stats(args.stats, summary))
     return 0
+
+
+def _written(flag: str, path: str, write) -> None:
+    """Run an output writer after the run; a disk that fills meanwhile is one line, not a traceback."""
+    import av
+
+    try:
+        write()
+    except (OSError, av.error.FFmpegError) as exc:
+        raise PublishError(f"writing {flag} {path} failed ({getattr(exc, 'strerror', None) or exc}): free some "
+                           f"space or choose another path") from exc
 
 
 def _write_stats(path: str, summary) -> None:
