@@ -154,6 +154,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
         astream = container.streams.audio[0] if container.streams.audio else None
         fps = int(round(float(vstream.average_rate or 25)))
         t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+        if not (vstream.codec_context.width and vstream.codec_context.height):
+            raise SourceError(f"{video}: its video track declares no frame size: cannot annotate it")
         w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
         writer = MediaWriter(out_path, size, fps, astream.rate if astream is not None else None)

@@ -27,15 +27,25 @@ def wav_bytes(fmt: int = 1, channels: int = 1, rate: int = 16000, seconds: float
     return b"RIFF" + struct.pack("<I", 36 + len(x)) + b"WAVEfmt " + fmt_chunk + b"data" + struct.pack("<I", len(x)) + x
 
 
-def test_out_on_a_full_disk(media, port):
-    """/dev/full: every write fails with ENOSPC. The run completes (the bus keeps publishing) and then
-    says, in one line, that --out is incomplete."""
-    r = run_cli("replay", str(media["wav"]), "--out", "/dev/full", "--publish", f"tcp://127.0.0.1:{port}")
+def test_out_on_a_full_disk(media, port, tmp_path):
+    """A disk that fills during the run (the child may write 4 KB per file: RLIMIT_FSIZE, EFBIG; Python ignores
+    SIGXFSZ). The run completes (the bus keeps publishing) and then says, in one line, that --out is incomplete.
+    /dev/full, which fails every write, is refused before the run (issue 10)."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.jsonl"
+    r = subprocess.run([sys.executable, "-m", "stream.cli", "replay", str(media["wav"]), "--out", str(out),
+                        "--publish", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert lines[0].startswith("actstream: ERROR: writing --out /dev/full failed")  # logged when it happened
-    assert lines[-1] == ("actstream: error: writing --out /dev/full failed (No space left on device): free some "
+    assert lines[0].startswith(f"actstream: ERROR: writing --out {out} failed")  # logged when it happened
+    assert lines[-1] == (f"actstream: error: writing --out {out} failed (File too large): free some "
                          "space or choose another path; the label stream kept publishing")
+    r = run_cli("replay", str(media["wav"]), "--out", "/dev/full", "--publish", "none")
+    one_line_error(r, "--out /dev/full: is /dev/full, which fails every write")
 
 
 def test_out_in_a_read_only_location(media):
