@@ -58,8 +58,8 @@ def _check_parent(flag: str, path: str) -> None:
 def check_output_file(flag: str, path: str, regular_only: bool) -> None:
     """One output file: its folder exists and is writable; the path is not a folder; it is a regular file (or
     does not exist yet), or for regular_only=False also a pipe, FIFO or terminal (--out /dev/stdout)."""
-    if "\0" in path:
-        raise ConfigError(f"{flag} {path!r}: contains a NUL character: choose another path")
+    if not path or "\0" in path:
+        raise ConfigError(f"{flag} {path!r}: is empty or contains a NUL character: choose another path")
     if os.path.isdir(path):
         raise ConfigError(f"{flag} {path}: is a folder: give a file name, e.g. {os.path.join(path, 'out')}")
     try:
@@ -107,7 +107,7 @@ def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str |
 
     outputs: flag -> path; inputs: what it is -> a path or a list of paths (None: absent)."""
     seen: dict[tuple, str] = {}
-    ins: list[tuple[str, str, tuple[int, int] | None]] = []
+    ins: list[tuple[str, str, str, tuple[int, int] | None]] = []  # (what, path, resolved, (dev, ino))
     for what, value in inputs.items():
         for p in (value if isinstance(value, list) else [value]):
             if p is not None and "\0" not in str(p):
