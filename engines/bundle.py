@@ -425,7 +425,8 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             from .tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
-            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, threads, name), name)
+            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, threads, name, expect=io[name]),
+                             name)
 
         enc: dict[str, Engine] = {}
         if "audio" in spec.modalities:

@@ -404,9 +404,12 @@ class SelfHealingEngine(Engine):
         super().close()
 
 
-def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: str) -> SelfHealingEngine:
-    """The engine `open_engines` gives for --backend tensorrt: TensorRT with ONNX Runtime beside it."""
+def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: str,
+                    expect: tuple[dict, dict] | None = None) -> SelfHealingEngine:
+    """The engine `open_engines` gives for --backend tensorrt: TensorRT with ONNX Runtime beside it.
+    expect: the inputs/outputs model.json implies, checked against the ONNX file by the ONNX Runtime side at
+    load (engines.onnxrt.check_io), before any engine is built from it."""
     from .onnxrt import OnnxRuntimeEngine
 
     return SelfHealingEngine(TensorRTEngine(onnx_path, precision, name=name),
-                             OnnxRuntimeEngine(onnx_path, threads, name=name))
+                             OnnxRuntimeEngine(onnx_path, threads, name=name, expect=expect))

@@ -137,6 +137,14 @@ def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
                                                                                              Path(keys) / "clients")})
 
 
+def _check_metrics_port(port: int | None) -> None:
+    """--metrics-port checked before the engines load, not when the server starts."""
+    if port is not None:
+        from .metrics import check_port
+
+        check_port(port)
+
+
 def cmd_replay(args) -> int:
     from engines.bundle import load_spec
 
@@ -152,6 +160,7 @@ def cmd_replay(args) -> int:
                                    "--annotate": args.annotate},
                        {"the replayed file": args.path, "--audio": args.audio, "--truth": args.truth,
                         "--config": args.config})
+    _check_metrics_port(args.metrics_port)
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--plot {args.plot}: unknown picture format {Path(args.plot).suffix!r}: "
                           f"end the name with {', '.join(PLOT_SUFFIXES)}")
@@ -167,7 +176,8 @@ def cmd_replay(args) -> int:
     source = FileSource(args.path, args.audio, sample_rate=audio.sample_rate if audio else 16000,
                         window_samples=audio.window_samples if audio else 1,
                         use_audio="audio" in spec.modalities,
-                        use_video="video" in spec.modalities or args.show)  # --show shows the picture anyway
+                        use_video="video" in spec.modalities or args.show,  # --show shows the picture anyway
+                        min_seconds=cfg.step.step_ms / 1000.0)  # shorter than one step gives no label
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
         if args.annotate and not source.has_video_track:
@@ -241,6 +251,7 @@ def cmd_live(args) -> int:
     _check_modalities(spec, mic != "none", camera != "none", "live input")
     _check_run_outputs(cfg, spec, {"--out": args.out},
                        {"--config": args.config, "--camera": camera if os.path.isfile(camera) else None})
+    _check_metrics_port(args.metrics_port)
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
                         live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
