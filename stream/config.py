@@ -30,6 +30,13 @@ def show_value(value: Any, limit: int = 80) -> str:
     return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
 
 
+def shown_path(path: str | Path) -> str:
+    """A path for a one-line message: as is when printable, else quoted with escapes (a newline in a file
+    name must not split the message)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _name(key: str) -> str:
     """A section or key name for a message: as written when it is a plain short name, else quoted."""
     return key if key.isidentifier() and len(key) <= 40 else show_value(key, 40)
@@ -64,24 +71,27 @@ def read_small_file(path: str | Path, limit: int, what: str, error: type[Excepti
     bounded too (a file can grow between fstat and read). what: the file's role in messages ("config file").
     """
     path = Path(path)
+    shown = shown_path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError as exc:
-        raise error(f"{what} {path} not found: check the path") from exc
+        raise error(f"{what} {shown} not found: check the path, or {fix}") from exc
     except IsADirectoryError as exc:
-        raise error(f"{what} {path} is a folder, not a file: {fix}") from exc
+        raise error(f"{what} {shown} is a folder, not a file: {fix}") from exc
     except OSError as exc:
-        raise error(f"{what} {path} cannot be opened ({exc.strerror}): {fix}") from exc
+        raise error(f"{what} {shown} cannot be opened ({exc.strerror}): {fix}") from exc
+    except ValueError as exc:  # a NUL in the path
+        raise error(f"{what} {shown} is not a usable path ({exc}): {fix}") from exc
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise error(f"{what} {path} is a folder, not a file: {fix}")
+            raise error(f"{what} {shown} is a folder, not a file: {fix}")
         if not stat.S_ISREG(st.st_mode):
             kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
                     or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
-            raise error(f"{what} {path} is not a regular file ({kind}): {fix}")
+            raise error(f"{what} {shown} is not a regular file ({kind}): {fix}")
         if st.st_size > limit:
-            raise error(f"{what} {path} is {st.st_size} bytes, more than the {limit} allowed: {fix}")
+            raise error(f"{what} {shown} is {st.st_size} bytes, more than the {limit} bytes allowed: {fix}")
         chunks, size = [], 0
         while size <= limit:
             chunk = os.read(fd, limit + 1 - size)
@@ -90,10 +100,10 @@ def read_small_file(path: str | Path, limit: int, what: str, error: type[Excepti
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:
-            raise error(f"{what} {path} grew past {limit} bytes while being read: {fix}")
+            raise error(f"{what} {shown} grew past {limit} bytes while being read: {fix}")
         return b"".join(chunks)
     except OSError as exc:
-        raise error(f"{what} {path} cannot be read ({exc.strerror}): {fix}") from exc
+        raise error(f"{what} {shown} cannot be read ({exc.strerror}): {fix}") from exc
     finally:
         os.close(fd)
 
@@ -101,10 +111,11 @@ def read_small_file(path: str | Path, limit: int, what: str, error: type[Excepti
 def decode_utf8(data: bytes, path: str | Path, what: str, error: type[Exception] = ConfigError,
                 fix: str = "pass a UTF-8 text file") -> str:
     """Strict UTF-8, or `error` naming the first bad byte and its offset."""
+    shown = shown_path(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+        raise error(f"{what} {shown} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
                     f"{fix}") from exc
 
 

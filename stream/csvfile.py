@@ -7,11 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import stat
 import unicodedata
 from pathlib import Path
 
+from .config import read_small_file, shown_path
 from .errors import ConfigError
 
 MAX_FIELD = 4096  # characters in one field (csv's own limit is 131,072)
@@ -22,40 +21,13 @@ def _shown(value: str, limit: int = 40) -> str:
     return repr(value[:limit]) + ("..." if len(value) > limit else "")
 
 
-def shown_path(path: str | Path) -> str:
-    """A path for a one-line message: as is when printable, else quoted with escapes."""
-    s = str(path)
-    return s if s.isprintable() else repr(s)
-
-
 def read_csv(path: str | Path, what: str, columns: str, required: set[str], allowed: set[str] | None,
              max_bytes: int, max_rows: int) -> list[tuple[int, dict[str, str]]]:
     """(line number, row) for each non-empty data row. what: "truth file", "manifest"; columns: the expected
     header, for messages; allowed: the columns accepted (None: any)."""
     hint = f"expected a UTF-8 CSV with columns {columns}"
     shown = shown_path(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{what} {shown} not found: check the path") from exc
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{what} {shown} cannot be read ({getattr(exc, 'strerror', None) or exc}): {hint}") from exc
-    try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ConfigError(f"{what} {shown} is a folder: {hint}")
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{what} {shown} is not a regular file (a device, pipe or socket): {hint}")
-        if st.st_size > max_bytes:
-            raise ConfigError(f"{what} {shown} is {st.st_size} bytes, more than the {max_bytes} bytes allowed: {hint}")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            raw = fh.read(max_bytes + 1)  # bounded even if the file grows meanwhile
-    except OSError as exc:
-        raise ConfigError(f"{what} {shown} cannot be read ({exc.strerror}): {hint}") from exc
-    finally:
-        os.close(fd)
-    if len(raw) > max_bytes:
-        raise ConfigError(f"{what} {shown} is more than the {max_bytes} bytes allowed: {hint}")
+    raw = read_small_file(path, max_bytes, what, fix=hint)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -21,6 +21,7 @@ import re
 import time
 from pathlib import Path
 
+from .config import decode_utf8, read_small_file
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -157,28 +158,7 @@ _KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
 def _read_key_file(path: Path, what: str) -> str:
     """The text of a certificate file: a regular file, at most MAX_KEY_FILE_BYTES, UTF-8."""
     hint = "make keys with `actstream keys DIR --client NAME`"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} not found: {hint}") from None
-    except OSError as exc:
-        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror}): {hint}") from exc
-    try:
-        import stat
-
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(f"{what} {path} is not a regular file: {hint}")
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror}): {hint}") from exc
-    finally:
-        os.close(fd)
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise ConfigError(f"{what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes, so not a key file: {hint}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{what} {path} is not a ZeroMQ certificate (not text): {hint}") from None
+    return decode_utf8(read_small_file(path, MAX_KEY_FILE_BYTES, what, fix=hint), path, what, fix=hint)
 
 
 def load_pair(path: str | Path, what: str) -> tuple[bytes, bytes | None]:

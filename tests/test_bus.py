@@ -421,7 +421,7 @@ def test_every_client_key_is_checked_at_start_and_a_bad_one_is_named(curve_keys,
     with pytest.raises(ConfigError, match="not a 40-character Z85"):
         Publisher(endpoint, None, "test", "m@0", keys=str(keys))
     junk.write_bytes(b"#" * 5000)  # a key file is ~250 bytes: a large one is read no further
-    with pytest.raises(ConfigError, match="larger than 4096 bytes"):
+    with pytest.raises(ConfigError, match="more than the 4096 bytes allowed"):
         Publisher(endpoint, None, "test", "m@0", keys=str(keys))
     junk.unlink()
     os.mkfifo(junk)  # would hang a reader

@@ -94,7 +94,7 @@ def test_folder_and_oversized_file_are_refused(tmp_path):
     assert "is a folder" in _config_error(tmp_path)
     p = tmp_path / "big.toml"
     p.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
-    assert f"more than the {MAX_CONFIG_BYTES} allowed" in _config_error(p)
+    assert f"more than the {MAX_CONFIG_BYTES} bytes allowed" in _config_error(p)
 
 
 # issue 10, item 9: a bool is no number, and neither is inf or nan

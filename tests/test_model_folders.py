@@ -134,7 +134,7 @@ def test_a_crafted_model_on_the_command_line_is_one_line(folder, media):
     (b"[" * 100_000 + b"]" * 100_000, ["nests too deeply"]),
     (b'{"format": 1, "format": 1}', ["not valid JSON", "'format' appears twice"]),
     (b"{not json", ["not valid JSON"]),
-    (b" " * (MAX_JSON_BYTES + 1), [f"more than the {MAX_JSON_BYTES} allowed"]),
+    (b" " * (MAX_JSON_BYTES + 1), [f"more than the {MAX_JSON_BYTES} bytes allowed"]),
 ])
 def test_model_json_bytes_are_bounded(folder, body, words):
     (folder / "model.json").write_bytes(body)
