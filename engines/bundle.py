@@ -35,7 +35,7 @@ FORMAT = 1  # model.json format version
 MAX_JSON_BYTES = 1 << 20  # model.json and int8.json: the shipped ones are 1.3 KB and 3 KB
 MAX_HEADS = 16  # heads = topics; every head is published at every step
 MAX_CLASSES = 256  # per head: a label message lists every class's score (~80 B each at most: < MAX_MESSAGE_BYTES)
-MAX_LABEL_CHARS = 64
+MAX_LABEL_CHARS = 64  # a class label (also the bound of manifests and `actstream record --label`)
 HEAD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")  # a topic: short, no spaces, dots or slashes
 RESERVED_TOPICS = ("status",)  # stream.publish.TOPICS_FIXED (a test keeps the two equal; publish imports zmq)
 MAX_WEIGHTS_BYTES = 4 << 30  # weights.pt, read by torch.load: the default model's is 1.2 MB
@@ -46,7 +46,7 @@ MAX_FRAMES = 1000  # log-mel frames per CNN window (the default: 96)
 # batch of 32 two-second steps stays near 100 MB of spectra
 MAX_FFT_PER_S = 4 * 100 * 512
 MAX_DIM = 4096  # audio_dim, hidden, proj: the default model's are 128
-MAX_LOOKAHEAD = 600  # steps (engines.teach.MAX_LOOKAHEAD: 60 s of future at 100 ms)
+MAX_LOOKAHEAD = 600  # steps: 60 s of future at 100 ms (also the bound of `train --lookahead`)
 VIDEO_SIZE = (32, 512)  # px, the square video CNN input (EfficientNet-Lite0 is trained at 224)
 
 
@@ -281,16 +281,12 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     if not isinstance(arch, str) or arch not in ARCHS:
         raise EngineError(f"{path}: arch {show_value(arch)} unknown: expected one of {', '.join(ARCHS)}")
     heads = _parse_heads(c, data["heads"])
-    audio = video = None
+    features = {}
     for m, parse in (("audio", _parse_audio), ("video", _parse_video)):
         value = data.get(m)
         if m in ARCHS[arch] and value is None:
             c.fail(m, value, f"the {m} features: arch {arch} reads {m}")
-        if value is not None:
-            if m == "audio":
-                audio = parse(c, value)
-            else:
-                video = parse(c, value)
+        features[m] = parse(c, value) if value is not None else None
     dims = {k: c.int_in(k, data[k], 1, MAX_DIM) for k in ("audio_dim", "hidden", "proj")}
     lookahead = c.int_in("lookahead", data.get("lookahead", 0), 1 if arch == "bilstm" else 0, MAX_LOOKAHEAD)
     motion = data.get("motion", False)
@@ -303,7 +299,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     if not ((is_int(version) and 0 <= version < 10**9) or (isinstance(version, str) and 1 <= len(version) <= 32
                                                              and version.isprintable())):
         c.fail("card.version", version, "an integer from 0, or a short text")
-    return ModelSpec(name=name, arch=arch, heads=heads, audio=audio, video=video, **dims, lookahead=lookahead,
+    return ModelSpec(name=name, arch=arch, heads=heads, **features, **dims, lookahead=lookahead,
                      motion=motion, card=card, folder=folder)
 
 

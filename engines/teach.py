@@ -28,7 +28,8 @@ from stream.core import StageTimes, encode_step
 from stream.frontend import VideoFeatures
 from stream.sources import FileSource
 
-from .bundle import ModelSpec, load_spec, load_torch_modules, open_engines, save_model
+from .bundle import (MAX_LABEL_CHARS as MAX_LABEL, MAX_LOOKAHEAD, ModelSpec, load_spec, load_torch_modules,
+                     open_engines, save_model)
 from .cache import cache_dir, file_digest, key_digest
 from .fit import class_weights, fit_temporal, plot_history
 from .models import ARCHS, video_motion
@@ -58,7 +59,6 @@ def _group_of(path: Path) -> str:
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # about 100,000 rows of long paths
 MAX_ITEMS = 100_000  # recordings in one dataset (manifest rows or files in a folder)
-MAX_LABEL = 64  # characters of a class label (the same bound as `actstream record --label`)
 MANIFEST_HINT = "expected columns path,label[,start,end][,group] (paths relative to the CSV, start/end in seconds)"
 
 
@@ -234,7 +234,6 @@ def _probe_tracks(items: list[Item], arch: str) -> None:
 
 
 MAX_EPOCHS = 10_000
-MAX_LOOKAHEAD = 600  # steps: 60 s of future at 100 ms
 
 
 def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):

@@ -62,6 +62,15 @@ def _text(v: Any) -> bool:
     return isinstance(v, str) and len(v) <= 4096 and not any(c in v for c in "\x00\n\r")
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for messages: "a FIFO", "a device", "a socket"."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "special"
+
+
 def read_small_file(path: str | Path, limit: int, what: str, error: type[Exception] = ConfigError,
                     fix: str = "pass another file") -> bytes:
     """The bytes of a regular file of at most `limit` bytes, or `error` naming the file.
@@ -87,9 +96,7 @@ def read_small_file(path: str | Path, limit: int, what: str, error: type[Excepti
         if stat.S_ISDIR(st.st_mode):
             raise error(f"{what} {shown} is a folder, not a file: {fix}")
         if not stat.S_ISREG(st.st_mode):
-            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special")
-            raise error(f"{what} {shown} is not a regular file ({kind}): {fix}")
+            raise error(f"{what} {shown} is not a regular file ({file_kind(st.st_mode)}): {fix}")
         if st.st_size > limit:
             raise error(f"{what} {shown} is {st.st_size} bytes, more than the {limit} bytes allowed: {fix}")
         chunks, size = [], 0

@@ -146,7 +146,6 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     for m in timed:
         final.update(m)
     container = _open_container(Path(video))
-    writer = None
     try:
         if not container.streams.video:
             raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
@@ -158,34 +157,29 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
             raise SourceError(f"{video}: its video track declares no frame size: cannot annotate it")
         w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
-        writer = MediaWriter(out_path, size, fps, astream.rate if astream is not None else None)
         state, k = OverlayState(), 0
         streams = [vstream] + ([astream] if astream is not None else [])
-        for packet in container.demux(*streams):
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError as exc:
-                log.warning("%s: skipping an undecodable packet while annotating: %s", video, exc)
-                continue
-            for frame in frames:
-                if packet.stream is astream:
-                    writer.audio_frame(frame)
+        with MediaWriter(out_path, size, fps, astream.rate if astream is not None else None) as writer:
+            for packet in container.demux(*streams):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError as exc:
+                    log.warning("%s: skipping an undecodable packet while annotating: %s", video, exc)
                     continue
-                t = (frame.time or 0.0) - t0
-                while k < len(timed) and timed[k]["t"] <= t + 1e-6:
-                    state.update(timed[k])
-                    k += 1
-                img = render(frame.to_ndarray(format="bgr24"), state, size[1])
-                if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
-                    img = img[:size[1], :size[0]]  # even sizes for yuv420p
-                else:  # a frame smaller than the track's declared size
-                    img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-                writer.frame(img)
-        writer.close()
+                for frame in frames:
+                    if packet.stream is astream:
+                        writer.audio_frame(frame)
+                        continue
+                    t = (frame.time or 0.0) - t0
+                    while k < len(timed) and timed[k]["t"] <= t + 1e-6:
+                        state.update(timed[k])
+                        k += 1
+                    img = render(frame.to_ndarray(format="bgr24"), state, size[1])
+                    if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
+                        img = img[:size[1], :size[0]]  # even sizes for yuv420p
+                    else:  # a frame smaller than the track's declared size
+                        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+                    writer.frame(img)
         return writer.frames
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
     finally:
         container.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engines.bundle import MAX_LABEL_CHARS
+
 from .errors import ConfigError, SourceError
 from .sources import LiveSource
 
@@ -20,7 +22,7 @@ log = logging.getLogger(__name__)
 RATE = 16000
 
 
-MAX_LABEL = 64  # characters of --label (a class name, a folder name and the start of a file name)
+MAX_LABEL = MAX_LABEL_CHARS  # characters of --label (a class name, a folder name and the start of a file name)
 MAX_LABEL_BYTES = 192  # in UTF-8: LABEL_<time>-N.mkv and its temporary name stay under the 255-byte name limit
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import file_kind
 from .errors import SourceError
 from .rings import AudioRing, FrameRing
 
@@ -52,9 +53,7 @@ def _open_container(path: Path):
     if stat.S_ISDIR(st.st_mode):
         raise SourceError(f"{path}: is a folder, not a media file: pass a file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder, a device never ends: neither is a recording
-        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
-            stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "special"
-        raise SourceError(f"{path}: not a regular file ({kind}): pass a recording saved to a file")
+        raise SourceError(f"{path}: not a regular file ({file_kind(st.st_mode)}): pass a recording saved to a file")
     if st.st_size == 0:
         raise SourceError(f"{path}: file is empty: pass a recording with audio or video")
     try:
