@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream.config import decode_utf8, is_int, is_number, read_small_file, show_value
+from stream.config import is_int, is_number, read_small_text, show_value
 from stream.errors import EngineError
 from stream.frontend import AudioFeatures, VideoFeatures
 
@@ -155,7 +155,7 @@ def model_file(folder: Path, name: Any, what: str = "model file") -> Path:
 def read_json(path: Path, what: str, fix: str) -> Any:
     """A JSON file of at most MAX_JSON_BYTES, strict UTF-8, no duplicate keys, nesting bounded by Python's
     recursion limit (a RecursionError is an EngineError here)."""
-    data = decode_utf8(read_small_file(path, MAX_JSON_BYTES, what, EngineError, fix), path, what, EngineError, fix)
+    data = read_small_text(path, MAX_JSON_BYTES, what, EngineError, fix)
 
     def no_duplicates(pairs):
         out = {}

@@ -126,6 +126,12 @@ def decode_utf8(data: bytes, path: str | Path, what: str, error: type[Exception]
                     f"{fix}") from exc
 
 
+def read_small_text(path: str | Path, limit: int, what: str, error: type[Exception] = ConfigError,
+                    fix: str = "pass another file") -> str:
+    """read_small_file, then strict UTF-8 (decode_utf8): the text of a small regular file."""
+    return decode_utf8(read_small_file(path, limit, what, error, fix), path, what, error, fix)
+
+
 @dataclass(frozen=True)
 class StepConfig:
     """step_ms: step length in milliseconds; labels are produced once per step."""
@@ -283,7 +289,7 @@ def load_config(path: str | Path | None = None) -> Config:
         return Config()
     path = Path(path)
     fix = "pass a TOML file such as the repository's config.toml to --config"
-    text = decode_utf8(read_small_file(path, MAX_CONFIG_BYTES, "config file", fix=fix), path, "config file", fix=fix)
+    text = read_small_text(path, MAX_CONFIG_BYTES, "config file", fix=fix)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -21,7 +21,7 @@ import re
 import time
 from pathlib import Path
 
-from .config import decode_utf8, read_small_file
+from .config import read_small_text
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ _KEY_LINE = re.compile(r'^\s*(public|secret)-key\s*=\s*"([^"]*)"\s*$')
 def _read_key_file(path: Path, what: str) -> str:
     """The text of a certificate file: a regular file, at most MAX_KEY_FILE_BYTES, UTF-8."""
     hint = "make keys with `actstream keys DIR --client NAME`"
-    return decode_utf8(read_small_file(path, MAX_KEY_FILE_BYTES, what, fix=hint), path, what, fix=hint)
+    return read_small_text(path, MAX_KEY_FILE_BYTES, what, fix=hint)
 
 
 def load_pair(path: str | Path, what: str) -> tuple[bytes, bytes | None]:
