@@ -9,14 +9,13 @@ from pathlib import Path
 def source_rate(path: str | Path, step_s: float = 0.1, max_steps: int = 0) -> dict:
     """Steps and video frames per second that FileSource.snapshot gives on this machine, single-threaded."""
     from stream.sources import FileSource
+    from stream.steps import steps
 
     src = FileSource(path, sample_rate=16000, window_samples=15600)
     k, t0 = 0, time.perf_counter()
     try:
-        while not (max_steps and k >= max_steps):
-            if src.snapshot(round((k + 1) * step_s, 6)) is None:
-                break
-            k += 1
+        for step in steps(src, int(round(step_s * 1000)), max_steps):
+            k = step.k
         elapsed = time.perf_counter() - t0
         fps = float(src.video.stream.average_rate or 25) if src.video else 0.0
     finally:

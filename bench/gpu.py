@@ -43,21 +43,21 @@ def encoder_throughput(batch: int = 64, iters: int = 200, size: int = 224) -> di
 
 def step_latency(model: str, steps: int = 300) -> dict:
     """One live step (front end, both encoders at batch 1, LSTM) on the GPU backend: ms percentiles, timed
-    on the host around Recognizer.step (which returns host arrays, so the GPU work is finished)."""
+    on the host around CausalRecognizer.advance (which returns host arrays, so the GPU work is finished)."""
     from engines.bundle import load_spec, open_engines
-    from stream.core import Recognizer
+    from stream.core import CausalRecognizer
 
     spec = load_spec(model)
     engines = open_engines(spec, "torch-cuda")
     engines.load()
-    rec = Recognizer(spec, engines)
+    rec = CausalRecognizer(spec, engines)
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
     audio = (rng.standard_normal(16000) * 0.1).astype(np.float32)
     times = []
     for k in range(steps + 20):
         t0 = time.perf_counter()
-        rec.step(frame, audio, 0.1 * (k + 1))
+        rec.advance(frame, audio, (k + 1) * spec.step_ms / 1000.0)
         if k >= 20:
             times.append((time.perf_counter() - t0) * 1000.0)
     engines.close()

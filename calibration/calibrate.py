@@ -20,7 +20,7 @@ from engines.bundle import Engines, load_spec
 from engines.cache import file_digest, video_encoder_onnx
 from engines.onnxrt import OnnxRuntimeEngine
 from engines.precision import GATE_FILE
-from stream.core import LabelPolicy, Recognizer
+from stream.core import CausalRecognizer, LabelPolicy
 from stream.errors import SourceError
 
 from .gate import Margin, cosine, decide
@@ -47,12 +47,12 @@ def _embed(engine: OnnxRuntimeEngine, encoder: str, x: np.ndarray, batch: int = 
 
 def _labels(spec, temporal, embs: dict[str, np.ndarray], ts: list[float], policy_cfg) -> dict[str, list[str]]:
     """The labels the step loop would show for these embeddings (LSTM state and policy carried through)."""
-    rec = Recognizer(spec, Engines({}, temporal))
-    policy = LabelPolicy(rec, policy_cfg, 0.1)
+    rec = CausalRecognizer(spec, Engines({}, temporal))
+    policy = LabelPolicy(rec, policy_cfg)
     out: dict[str, list[str]] = {h: [] for h in spec.heads}
-    for t, p in zip(ts, rec.step_many(embs, ts)):
+    for _, labels in policy.label(rec.advance_embeddings(embs, ts)):
         for h in spec.heads:
-            out[h].append(policy.heads[h].update(p[h], t).label)
+            out[h].append(labels[h].label)
     return out
 
 

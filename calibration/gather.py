@@ -47,9 +47,11 @@ class Recording:
     images: np.ndarray | None = None
 
 
-def replay_inputs(path: Path, spec, step_s: float = 0.1, stride: int = 1, max_steps: int = 0) -> Recording:
-    """Replay `path` and keep the encoder inputs of every `stride`-th step (at most max_steps, 0 = all)."""
+def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Recording:
+    """Replay `path` at the model's step and keep the encoder inputs of every `stride`-th step (at most
+    max_steps, 0 = all)."""
     from stream.sources import FileSource
+    from stream.steps import steps
 
     use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
     audio = spec.audio
@@ -62,16 +64,11 @@ def replay_inputs(path: Path, spec, step_s: float = 0.1, stride: int = 1, max_st
             raise SourceError(f"{path}: has no audio, but model {spec.name} needs audio")
         if use_video and src.video is None:
             raise SourceError(f"{path}: has no video, but model {spec.name} needs video")
-        k = 0
-        while not (max_steps and len(rec.ts) >= max_steps):
-            k += 1
-            t = round(k * step_s, 6)
-            snap = src.snapshot(t)
-            if snap is None:
-                break
-            if (k - 1) % stride:
+        for step in steps(src, spec.step_ms, max_steps * stride):
+            if (step.k - 1) % stride:
                 continue
-            rec.ts.append(t)
+            rec.ts.append(step.t)
+            snap = step.snap
             if use_audio:
                 mels.append(audio_window(snap.audio, audio))
             if use_video:

@@ -18,6 +18,9 @@ class Engine(abc.ABC):
     """One network on one backend."""
 
     backend: str = "?"
+    # capabilities the step core reads (declared here, never probed):
+    takes_frames: bool = False  # run() takes raw BGR uint8 frames and resizes/normalizes them itself
+    preferred_batch: int = 0  # the most inputs one run() should get (0: any number)
 
     def __init__(self, name: str, input_names: list[str], output_names: list[str]):
         self.name = name

@@ -35,6 +35,9 @@ FORMAT = 1  # model.json format version
 MAX_JSON_BYTES = 1 << 20  # model.json and int8.json: the shipped ones are 1.3 KB and 3 KB
 MAX_HEADS = 16  # heads = topics; every head is published at every step
 MAX_CLASSES = 256  # per head: a label message lists every class's score (~80 B each at most: < MAX_MESSAGE_BYTES)
+DEFAULT_STEP_MS = 100  # the step of the shipped model, and of every model folder that does not name its own
+STEP_MS_RANGE = (10, 2000)  # as the config's step.step_ms
+CPU_VIDEO_BATCH = 8  # frames per video CNN run on ONNX Runtime (the CPU): see open_engines
 MAX_LABEL_CHARS = 64  # a class label (also the bound of manifests and `actstream record --label`)
 HEAD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")  # a topic: short, no spaces, dots or slashes
 RESERVED_TOPICS = ("status",)  # stream.publish.TOPICS_FIXED (a test keeps the two equal; publish imports zmq)
@@ -64,6 +67,7 @@ class ModelSpec:
     proj: int = 128
     lookahead: int = 0
     motion: bool = False  # video input = embedding minus its running mean (models.video_motion)
+    step_ms: int = DEFAULT_STEP_MS  # the step the model was trained at: the runtime must step at the same rate
     card: dict = field(default_factory=dict)
     folder: Path | None = None
 
@@ -74,6 +78,10 @@ class ModelSpec:
     @property
     def dims(self) -> dict[str, int]:
         return {m: (self.audio_dim if m == "audio" else VIDEO_DIM) for m in self.modalities}
+
+    @property
+    def step_s(self) -> float:
+        return self.step_ms / 1000.0
 
     @property
     def causal(self) -> bool:
@@ -89,7 +97,8 @@ class ModelSpec:
                 "audio": self.audio.to_dict() if self.audio else None,
                 "video": self.video.to_dict() if self.video else None,
                 "audio_dim": self.audio_dim, "hidden": self.hidden, "proj": self.proj,
-                "lookahead": self.lookahead, "motion": self.motion, "card": self.card}
+                "lookahead": self.lookahead, "motion": self.motion, "step_ms": self.step_ms,
+                "card": self.card}
 
     def new_audio_cnn(self) -> AudioCNN:
         from .models import AudioCNN
@@ -275,7 +284,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
         raise EngineError(f"{path} has format {show_value(fmt)}, this actstream reads format {FORMAT}: retrain the "
                           f"model or upgrade actstream")
     c.keys("model.json", data, {"format", "name", "arch", "heads", "audio_dim", "hidden", "proj"},
-           {"audio", "video", "lookahead", "motion", "card"})
+           {"audio", "video", "lookahead", "motion", "step_ms", "card"})
     name = c.text("name", data["name"], 128)
     arch = data["arch"]
     if not isinstance(arch, str) or arch not in ARCHS:
@@ -292,6 +301,10 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     motion = data.get("motion", False)
     if not isinstance(motion, bool):
         c.fail("motion", motion, "true or false")
+    # folders written before model.json recorded its step were all trained at 100 ms steps
+    step_ms = c.int_in("step_ms", data.get("step_ms", DEFAULT_STEP_MS), *STEP_MS_RANGE)
+    if step_ms % 10:
+        c.fail("step_ms", step_ms, "a multiple of 10")
     card = data.get("card", {})
     if not isinstance(card, dict):
         c.fail("card", card, "a JSON object (the model card)")
@@ -300,7 +313,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
                                                              and version.isprintable())):
         c.fail("card.version", version, "an integer from 0, or a short text")
     return ModelSpec(name=name, arch=arch, heads=heads, **features, **dims, lookahead=lookahead,
-                     motion=motion, card=card, folder=folder)
+                     motion=motion, step_ms=step_ms, card=card, folder=folder)
 
 
 def load_spec(path_or_name: str) -> ModelSpec:
@@ -410,14 +423,14 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
 
         io = expected_io(spec)
 
-        def make(path_fn, name: str, encoder: str | None) -> Engine:
+        def make(path_fn, name: str, encoder: str | None, preferred_batch: int = 0) -> Engine:
             def onnx_path() -> Path:
                 path = path_fn()
                 return encoder_file(spec.folder, encoder, path, precision) if encoder else path
 
             if backend == "onnxruntime":
                 return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin,
-                                                           expect=io[name]), name)
+                                                           expect=io[name]), name, preferred_batch)
             from .tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
@@ -428,7 +441,10 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         if "audio" in spec.modalities:
             enc["audio"] = make(lambda: model_file(spec.folder, "audio_encoder.onnx"), "audio_encoder", "audio")
         if "video" in spec.modalities:
-            enc["video"] = make(lambda: video_encoder_onnx(spec.video.size), "video_encoder", "video")
+            # on the CPU the video CNN runs 8 frames at a time: at 224 px one frame's first activations are
+            # 1.6 MB, so 8 stay in the cache where 32 would not (a GPU takes a whole batch at once)
+            enc["video"] = make(lambda: video_encoder_onnx(spec.video.size), "video_encoder", "video",
+                                CPU_VIDEO_BATCH if backend == "onnxruntime" else 0)
         return Engines(enc, make(lambda: model_file(spec.folder, "temporal.onnx"), "temporal", None))
     if backend in ("torch", "torch-cuda"):
         from .export import temporal_io
@@ -472,15 +488,11 @@ class _LazyPath(Engine):
     """Defers building an engine whose file must first be made or chosen (the cached video CNN export, the
     INT8 file under model.precision) to load()."""
 
-    def __init__(self, make, name: str = "video_encoder"):
+    def __init__(self, make, name: str = "video_encoder", preferred_batch: int = 0):
         super().__init__(name, [], [])
         self._make = make
         self._inner: Engine | None = None
-
-    @property
-    def inner(self) -> Engine | None:
-        """The engine made at load() (None before)."""
-        return self._inner
+        self.preferred_batch = preferred_batch
 
     @property
     def backend(self) -> str:  # type: ignore[override]

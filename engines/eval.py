@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from stream.config import PolicyConfig
-from stream.core import LabelPolicy, Recognizer
+from stream.core import CausalRecognizer, LabelPolicy
+from stream.sources import ArraySource
+from stream.steps import steps
 from stream.errors import ConfigError
 
-from .bundle import ModelSpec, load_spec, open_engines
+from .bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
 from .data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, load_audio, make_timeline
 from .metrics import binary_f1, confusion, onset_latency, per_class
 
 log = logging.getLogger(__name__)
-STEP_S = 0.1
+STEP_S = DEFAULT_STEP_MS / 1000.0  # the truth of the mixed timelines is per 100 ms step (data.make_timeline)
 SPEECH_SHARE = 0.5  # half the segments of an evaluation timeline are speech, half DCASE events (between: quiet)
 
 
@@ -55,17 +57,15 @@ class StreamRun:
 
 def run_stream(spec: ModelSpec, engines, audio: np.ndarray, policy_cfg: PolicyConfig) -> StreamRun:
     """Drive the real step core over an in-memory recording, as fast replay would."""
-    policy = LabelPolicy(Recognizer(spec, engines), policy_cfg, STEP_S)
-    step = int(spec.audio.sample_rate * STEP_S)
-    w = spec.audio.window_samples
+    policy = LabelPolicy(CausalRecognizer(spec, engines), policy_cfg)
+    source = ArraySource(audio, spec.audio.sample_rate, spec.audio.window_samples)
     probs = {h: [] for h in spec.heads}
     labels = {h: [] for h in spec.heads}
-    for k in range(1, len(audio) // step + 1):
-        end = k * step
-        out = policy.step(None, audio[max(0, end - w):end], k * STEP_S)
-        for h, lab in out.items():
-            probs[h].append(list(lab.scores.values()))
-            labels[h].append(spec.heads[h].index(lab.label))
+    for step in steps(source, spec.step_ms):
+        for _, out in policy.advance(None, step.snap.audio, step.t):
+            for h, lab in out.items():
+                probs[h].append(list(lab.scores.values()))
+                labels[h].append(spec.heads[h].index(lab.label))
     return StreamRun({h: np.asarray(v) for h, v in probs.items()}, {h: np.asarray(v) for h, v in labels.items()})
 
 
@@ -117,6 +117,9 @@ def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[st
     if "speech" not in spec.heads:
         raise ConfigError(f"model {spec.tag} has no speech head (heads: {', '.join(spec.heads)}): eval judges "
                           f"speech + activity models such as the default one")
+    if spec.step_ms != DEFAULT_STEP_MS:
+        raise ConfigError(f"model {spec.tag} steps at {spec.step_ms} ms: eval's timelines carry their truth per "
+                          f"{DEFAULT_STEP_MS} ms step, so it judges models trained at {DEFAULT_STEP_MS} ms")
     policy_cfg = policy_cfg or PolicyConfig()
     engines = open_engines(spec, backend)
     engines.load()

@@ -24,11 +24,12 @@ import torch
 
 from stream.csvfile import shown_path
 from stream.errors import ConfigError, SourceError
-from stream.core import StageTimes, encode_step
+from stream.core import Prepare, StageTimes, encode
 from stream.frontend import VideoFeatures
 from stream.sources import FileSource
+from stream.steps import Snapshot, steps
 
-from .bundle import (MAX_LABEL_CHARS as MAX_LABEL, MAX_LOOKAHEAD, ModelSpec, load_spec, load_torch_modules,
+from .bundle import (DEFAULT_STEP_MS, MAX_LABEL_CHARS as MAX_LABEL, MAX_LOOKAHEAD, ModelSpec, load_spec, load_torch_modules,
                      open_engines, save_model)
 from .cache import cache_dir, file_digest, key_digest
 from .fit import class_weights, fit_temporal, plot_history
@@ -37,7 +38,6 @@ from .models import ARCHS, video_motion
 log = logging.getLogger(__name__)
 
 MEDIA = {".mp4", ".mkv", ".avi", ".mpg", ".mpeg", ".mov", ".webm", ".wav", ".flac", ".mp3", ".ogg", ".m4a"}
-STEP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def read_dataset(path: str | Path) -> list[Item]:
 
 
 def _encoder_key(spec: ModelSpec) -> dict:
-    key = {"arch_modalities": list(spec.modalities), "step": STEP_S}
+    key = {"arch_modalities": list(spec.modalities), "step_ms": spec.step_ms}
     if spec.audio is not None:
         key["audio"] = spec.audio.to_dict()
         key["audio_cnn"] = file_digest(spec.folder / "audio_encoder.onnx")
@@ -174,25 +174,24 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
         if "video" in spec.modalities and not src.has_video_track:
             raise SourceError(f"{item.path}: has no video, but arch {spec.arch} needs video")
         out: dict[str, list] = {m: [] for m in spec.modalities}
-        k, last_v, times = 0, None, StageTimes()
-        while True:
-            k += 1
-            t = k * STEP_S
-            if item.end is not None and t > item.end:
+        last_v, times = None, StageTimes()
+        prepare = Prepare(spec, engines, spec.step_ms, times)  # the step core's front end and encoders
+        for step in steps(src, spec.step_ms):
+            if item.end is not None and step.t > item.end:
                 break
-            snap = src.snapshot(t)
-            if snap is None:
-                break
-            if item.start is not None and t < item.start:
+            if item.start is not None and step.t < item.start:
                 continue
-            frame = np.ascontiguousarray(snap.frame[:, ::-1]) if flip and snap.frame is not None else snap.frame
-            embs, last_v = encode_step(spec, engines, times, frame, snap.audio, last_v)  # the step core's encoders
+            frame = step.snap.frame
+            if flip and frame is not None:
+                frame = np.ascontiguousarray(frame[:, ::-1])
+            embs, last_v = encode(spec, engines, times, prepare([Snapshot(step.t, frame, step.snap.audio, 0.0)]),
+                                  last_v)
             for m, e in embs.items():
                 out[m].append(e[0])
     finally:
         src.close()
     if not out[spec.modalities[0]]:
-        raise SourceError(f"{item.path}: gave no steps (shorter than {STEP_S} s, or start/end outside it)")
+        raise SourceError(f"{item.path}: gave no steps (shorter than {spec.step_ms} ms, or start/end outside it)")
     arrays = {m: np.stack(v).astype(np.float32) for m, v in out.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
@@ -271,9 +270,12 @@ def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: st
 
 
 def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", seed: int = 0, epochs: int = 30,
-                 base: str = "default", name: str | None = None, lookahead: int = 10, progress=None) -> dict:
+                 base: str = "default", name: str | None = None, lookahead: int = 10, progress=None,
+                 step_ms: int = DEFAULT_STEP_MS) -> dict:
     """Train a model for the classes of a dataset folder or manifest; returns its model card."""
     t0 = time.time()
+    if not (isinstance(step_ms, int) and 10 <= step_ms <= 2000 and step_ms % 10 == 0):
+        raise ConfigError(f"--step-ms {step_ms}: expected a multiple of 10 from 10 to 2000 ms")
     items, base_spec = check_train_args(data, out, arch, epochs, lookahead, name, base)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -283,7 +285,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
                      audio=base_spec.audio if uses_audio else None,
                      video=VideoFeatures() if "video" in ARCHS[arch] else None,
                      lookahead=lookahead if arch == "bilstm" else 0, motion="video" in ARCHS[arch],
-                     folder=base_spec.folder)
+                     step_ms=step_ms, folder=base_spec.folder)
     engines = open_engines(spec, "onnxruntime")
     for encoder in engines.encoders.values():  # the base model's encoders; its temporal network is not this one's
         encoder.load()
@@ -366,7 +368,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
             "train_seconds": round(time.time() - t0, 1),
             "command": f"actstream train {data} --arch {arch} --out {out} --seed {seed}"}
     final = ModelSpec(name=spec.name, arch=arch, heads=spec.heads, audio=spec.audio, video=spec.video,
-                      lookahead=spec.lookahead, motion=spec.motion, card=card)
+                      lookahead=spec.lookahead, motion=spec.motion, step_ms=spec.step_ms, card=card)
     out = Path(out)
     save_model(final, out, audio_cnn, temporal)
     (out / "MODEL_CARD.md").write_text(model_card_md(final))

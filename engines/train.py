@@ -20,7 +20,7 @@ from torch import nn
 
 from stream.frontend import AudioFeatures, step_windows
 
-from .bundle import ModelSpec, save_model
+from .bundle import DEFAULT_STEP_MS, ModelSpec, save_model
 from .fit import class_weights, fit_temporal, plot_history
 from .data import ACTIVITY_CLASSES, SPEECH_CLASSES, Clip, make_timeline, shared_clips
 
@@ -85,7 +85,7 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     spec_a = AudioFeatures()
-    step = spec_a.sample_rate // 10  # 100 ms steps, the runtime default
+    step = spec_a.sample_rate * DEFAULT_STEP_MS // 1000  # the shipped model steps at 100 ms (model.json step_ms)
     clips = shared_clips(data_root, spec_a.sample_rate)
     train, val = _split(clips, rng)
     log.info("clips: %d train, %d validation", len(train), len(val))

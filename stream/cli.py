@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,89 +16,9 @@ from pathlib import Path
 
 from .config import Config, load_config
 from .errors import ActstreamError, ConfigError, PublishError, SourceError
+from .pipeline import RunOptions, run_pipeline
 
 log = logging.getLogger("actstream")
-
-
-def _pipeline(cfg: Config, source, publish: str | None, out: str | None, realtime: bool,
-              max_seconds: float = 0.0, virtual_epoch: float = 0.0, wait_subscriber_s: float = 0.0,
-              lookahead: int | None = None, show: bool = False, metrics_port: int | None = None,
-              collect: list | None = None, listeners: tuple = ()):
-    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order.
-
-    show: an overlay window; metrics_port: a Prometheus endpoint; collect: a list that receives every message."""
-    from engines.bundle import load_spec, open_engines
-
-    from .core import LabelPolicy, LookaheadRecognizer, Recognizer
-    from .loop import StepLoop
-    from .publish import Publisher
-
-    spec = load_spec(cfg.model.path)
-    # fast replay of a causal model runs its encoders in batches (stream/batched.py); its decoder thread needs
-    # the cores between inference runs, so ONNX Runtime's idle threads do not spin there
-    batched = not realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1 and not show
-    threads = cfg.model.threads
-    if threads == 0 and batched and "video" not in spec.modalities:
-        # audio-only batched replay: the encoders are small, and the decoding thread needs a core of its own
-        # (measured on 2 cores: 555x real time with 1 inference thread, 440x with 2)
-        threads = max(1, (os.cpu_count() or 1) - 1)
-    engines = open_engines(spec, cfg.model.backend, threads, cfg.model.precision, spin=not batched)
-    publisher = metrics = window = None
-    try:
-        engines.load()
-        step_s = cfg.step.step_ms / 1000.0
-        recognizer = (Recognizer(spec, engines) if spec.causal
-                      else LookaheadRecognizer(spec, engines, lookahead, step_s=step_s))
-        policy = LabelPolicy(recognizer, cfg.policy, step_s)
-        publisher = Publisher(publish, out, source.name, spec.tag, cfg.publish.hwm,
-                              keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
-        if publish:
-            log.info("publishing on %s", publisher.endpoint)
-            if wait_subscriber_s and not publisher.wait_for_subscriber(wait_subscriber_s):
-                log.warning("no subscriber after %.0f s; publishing anyway", wait_subscriber_s)
-        if collect is not None:
-            publisher.listeners.append(collect.append)
-        publisher.listeners.extend(listeners)
-        if metrics_port is not None:
-            from .metrics import Metrics
-
-            metrics = Metrics(metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
-            publisher.listeners.append(metrics.listener(wall_clock=realtime or source.live))
-            log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
-        if show:
-            from .overlay import Window
-
-            window = Window(f"actstream - {source.name}")
-            publisher.listeners.append(window.state.update)
-        source.start()
-        if batched:
-            from .batched import BatchedReplay
-
-            loop = BatchedReplay(source, policy, publisher, step_s, cfg.replay.batch_steps,
-                                 cfg.publish.status_every_ms / 1000.0, max_seconds, virtual_epoch, cfg.model.backend)
-        else:
-            loop = StepLoop(source, policy, publisher, cfg.step.step_ms / 1000.0, realtime,
-                            cfg.publish.status_every_ms / 1000.0, max_seconds, virtual_epoch, cfg.model.backend)
-        if window is not None:
-            loop.on_step = window.on_step(loop.stop_event)
-        previous = {s: signal.signal(s, lambda *_: loop.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            summary = loop.run()
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-        return summary
-    finally:
-        source.close()
-        if window is not None:
-            window.close()
-        if metrics is not None:
-            metrics.close()
-        if publisher is not None:
-            publisher.close()
-        engines.close()
-        if publisher is not None and publisher.out_error and sys.exc_info()[0] is None:
-            raise PublishError(publisher.out_error)  # the run finished; its --out file is incomplete
 
 
 def _print_summary(summary) -> None:
@@ -154,6 +73,7 @@ def cmd_replay(args) -> int:
     cfg = cfg.override("replay", realtime=True if args.realtime else None,
                        batch_steps=getattr(args, "batch_steps", None))
     spec = load_spec(cfg.model.path)
+    step_ms = cfg.step.resolve(spec.step_ms, spec.name)
     if args.truth and not args.plot:
         raise ConfigError("--truth is drawn by --plot: pass --plot OUT.png too")
     _check_run_outputs(cfg, spec, {"--out": args.out, "--stats": getattr(args, "stats", None), "--plot": args.plot,
@@ -177,7 +97,7 @@ def cmd_replay(args) -> int:
                         window_samples=audio.window_samples if audio else 1,
                         use_audio="audio" in spec.modalities,
                         use_video="video" in spec.modalities or args.show,  # --show shows the picture anyway
-                        min_seconds=cfg.step.step_ms / 1000.0)  # shorter than one step gives no label
+                        min_seconds=step_ms / 1000.0)  # shorter than one step gives no label
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
         if args.annotate and not source.has_video_track:
@@ -187,10 +107,10 @@ def cmd_replay(args) -> int:
         source.close()
         raise
     messages: list | None = [] if (args.plot or args.annotate) else None
-    summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
+    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
                         virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber,
                         lookahead=getattr(args, "lookahead", None), show=args.show, metrics_port=args.metrics_port,
-                        collect=messages, listeners=_replay_progress(source.duration))
+                        collect=messages, listeners=_replay_progress(source.duration)))
     _print_summary(summary)
     if args.plot:
         from .plot import plot_messages
@@ -241,6 +161,7 @@ def cmd_live(args) -> int:
     cfg = _apply_common(load_config(args.config), args)
     cfg = cfg.override("live", camera=args.camera, mic=args.mic, seconds=args.seconds)
     spec = load_spec(cfg.model.path)
+    cfg.step.resolve(spec.step_ms, spec.name)
     if not spec.causal:
         raise ConfigError(f"model {spec.name} is a {spec.arch}: it looks ahead in time and cannot run live; "
                           f"use `actstream replay` or a causal model")
@@ -255,8 +176,9 @@ def cmd_live(args) -> int:
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
                         live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
-    summary = _pipeline(cfg, source, _endpoint(args.publish, cfg), args.out, True, max_seconds=live.seconds,
-                        show=args.show, metrics_port=args.metrics_port)
+    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, True,
+                                                   max_seconds=live.seconds, show=args.show,
+                                                   metrics_port=args.metrics_port))
     _print_summary(summary)
     return 0
 
@@ -461,7 +383,8 @@ def cmd_train(args) -> int:
         if args.out is None:
             raise ConfigError("--out is required: the folder to write the new model to (e.g. models/mine)")
         card = train_folder(args.data, args.out, arch=args.arch, seed=args.seed, epochs=args.epochs,
-                            base=args.base, name=args.name, lookahead=args.lookahead, progress=_progress())
+                            base=args.base, name=args.name, lookahead=args.lookahead, progress=_progress(),
+                            step_ms=args.step_ms)
     print(json.dumps(card, indent=2))
     return 0
 
@@ -623,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--recipe", choices=["folder", "default"], default="folder",
                     help="default: the shipped speech + activity model from ../shared/data's training splits")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--step-ms", type=int, dest="step_ms", default=100,
+                    help="the step the model is taught at, in ms (a multiple of 10 from 10 to 2000; recorded in "
+                         "model.json, and replay and live then step at it)")
     tr.add_argument("--quick", action="store_true", help="--recipe default: a small run to check the pipeline")
     tr.set_defaults(fn=cmd_train)
 

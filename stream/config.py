@@ -134,13 +134,23 @@ def read_small_text(path: str | Path, limit: int, what: str, error: type[Excepti
 
 @dataclass(frozen=True)
 class StepConfig:
-    """step_ms: step length in milliseconds; labels are produced once per step."""
+    """step_ms: step length in milliseconds; labels are produced once per step. 0: the step the model was
+    trained at (its model.json); any other value must equal it (`resolve`)."""
 
-    step_ms: int = 100
+    step_ms: int = 0
 
     def __post_init__(self) -> None:
-        _check(is_int(self.step_ms) and 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0,
-               "step.step_ms", self.step_ms, "a multiple of 10 between 10 and 2000")
+        _check(is_int(self.step_ms) and (self.step_ms == 0 or 10 <= self.step_ms <= 2000 and self.step_ms % 10 == 0),
+               "step.step_ms", self.step_ms, "0 (the model's step) or a multiple of 10 between 10 and 2000")
+
+    def resolve(self, model_step_ms: int, model: str) -> int:
+        """The step to run a model at: its own. A config that names another is refused: an LSTM taught at one
+        rate and fed at another sees time run faster or slower, and its labels mean nothing."""
+        if self.step_ms and self.step_ms != model_step_ms:
+            raise ConfigError(f"step.step_ms = {self.step_ms}, but model {model} was trained at {model_step_ms} ms "
+                              f"steps: leave step_ms at 0 (the model's step) or train a model at {self.step_ms} ms "
+                              f"(actstream train --step-ms {self.step_ms})")
+        return model_step_ms
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
-"""The pure per-step core: a frame, an audio window and a time in; class probabilities out.
+"""The core: the snapshots of one step or of a batch of consecutive steps in, class probabilities and
+labels out.
 
-No threads, sockets or devices: live capture, paced replay and fast replay all drive this same code,
-and tests drive it directly.
+No sockets or devices: live capture, paced and fast replay, training, calibration and evaluation all drive
+this same code (`Prepare` -> `encode` -> the recognizer's LSTM -> `LabelPolicy`), and tests drive it directly.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -15,7 +18,8 @@ from engines.bundle import Engines, ModelSpec
 from engines.archs import VIDEO_DIM, video_motion
 from stream.errors import EngineError
 
-from .frontend import audio_window, preprocess_frame
+from .frontend import audio_window, grid_windows, preprocess_frame
+from .steps import Snapshot
 
 
 @dataclass
@@ -33,96 +37,214 @@ class StageTimes:
         return {k: round(v * 1000.0 / n, 3) for k, v in self.seconds.items()}
 
 
-def encode_step(spec: ModelSpec, engines: Engines, times: "StageTimes", frame, audio, last_video):
-    """Run the encoders of one step: modality -> (1, D) embedding. Returns (embeddings, newest video embedding).
-    Training computes its cached embeddings with this same function (engines/teach.py).
-    (Video motion features, where the model uses them, are added by the caller, which holds their state.)"""
-    out: dict[str, np.ndarray] = {}
+@dataclass
+class Inputs:
+    """Encoder inputs of consecutive steps, made by `Prepare`. ts: step times (s); mels: (T, frames, n_mels)
+    or None; images: (U, 3, size, size) preprocessed unique frames, or (U, H, W, 3) raw BGR frames for an
+    engine that takes frames, or None; frame_of: per step, the row of `images`, or -1 when the step has no new
+    frame (none yet, or the same as the previous step's: the last embedding holds)."""
+
+    ts: list[float]
+    mels: np.ndarray | None
+    images: np.ndarray | None
+    frame_of: list[int]
+
+
+def _batch_logmel(windows: list[np.ndarray], spec, step: int) -> np.ndarray:
+    """The audio CNN inputs of consecutive steps from their audio windows: (T, frames, n_mels), equal to
+    [audio_window(w) for w in windows]; on the shared frame grid (frontend.grid_windows) where it applies."""
+    need = spec.window_samples
+    if len(windows) == 1 or step % spec.hop or step > need or not all(len(w) >= need for w in windows):
+        return np.stack([audio_window(w, spec) for w in windows])
+    joined = np.concatenate([windows[0][-need:]] + [w[-step:] for w in windows[1:]])
+    return grid_windows(joined, spec, step, len(windows))
+
+
+class Prepare:
+    """The front end of the step path: snapshots of consecutive steps -> Inputs (log-mel windows, frames
+    resized and normalized). It remembers the last frame, so a frame repeated by a step shorter than the frame
+    interval is encoded once. pool: an executor to resize frames on (fast replay with cores to spare)."""
+
+    def __init__(self, spec: ModelSpec, engines: Engines, step_ms: int, times: StageTimes, pool=None):
+        self.spec = spec
+        self.use_audio, self.use_video = "audio" in spec.modalities, "video" in spec.modalities
+        # a GPU engine that preprocesses frames itself gets them raw (engines/torch_cuda.py)
+        self.raw = self.use_video and "video" in engines.encoders and engines.encoders["video"].takes_frames
+        self.step_samples = int(round(step_ms * spec.audio.sample_rate / 1000)) if spec.audio else 0
+        self.times = times
+        self.pool = pool if self.use_video and not self.raw else None
+        self._lock = threading.Lock()
+        self._previous: np.ndarray | None = None
+
+    def _frame(self, frame: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        x = preprocess_frame(frame, self.spec.video)
+        with self._lock:
+            self.times.add("preprocess", time.perf_counter() - t0)
+        return x
+
+    def __call__(self, snaps) -> Inputs:
+        ts, windows, images, frame_of = [], [], [], []
+        for snap in snaps:
+            ts.append(snap.t)
+            if self.use_audio:
+                windows.append(snap.audio if snap.audio is not None else np.zeros(0, np.float32))
+            if self.use_video:
+                frame = snap.frame
+                if frame is None:
+                    frame_of.append(-1)
+                elif self._previous is not None and np.array_equal(frame, self._previous):
+                    frame_of.append(frame_of[-1] if frame_of else -1)
+                else:
+                    self._previous = frame.copy()
+                    images.append(self._previous if self.raw else self.pool.submit(self._frame, self._previous)
+                                  if self.pool is not None else self._frame(self._previous))
+                    frame_of.append(len(images) - 1)
+        if self.pool is not None:
+            images = [f.result() for f in images]
+        mels = None
+        if windows:
+            t0 = time.perf_counter()
+            mels = _batch_logmel(windows, self.spec.audio, self.step_samples)
+            self.times.add("audio_frontend", time.perf_counter() - t0)
+        return Inputs(ts, mels, np.stack(images) if images else None, frame_of)
+
+
+def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
+           last_video: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The encoders over prepared steps: modality -> (T, D) embeddings, and the newest video embedding (a step
+    without a new frame reuses the last one). Training computes its cached embeddings with this same function
+    (engines/teach.py). Video motion features, where the model uses them, are added by the recognizer."""
     clock = time.perf_counter
-    if "audio" in spec.modalities:
+    embs: dict[str, np.ndarray] = {}
+    if inputs.mels is not None:
         t0 = clock()
-        mel = audio_window(audio if audio is not None else np.zeros(0, np.float32), spec.audio)[None]
-        t1 = clock()
-        out["audio"] = engines.encoders["audio"].run({"logmel": mel})["embedding"]
-        times.add("audio_frontend", t1 - t0)
-        times.add("audio_cnn", clock() - t1)
+        embs["audio"] = engines.encoders["audio"].run({"logmel": inputs.mels})["embedding"]
+        times.add("audio_cnn", clock() - t0)
     if "video" in spec.modalities:
-        if frame is not None:
+        video = None
+        if inputs.images is not None:
             t0 = clock()
             engine = engines.encoders["video"]
-            # a GPU engine that preprocesses frames itself takes the BGR frame as it is (engines/torch_cuda.py)
-            x = frame[None] if getattr(engine, "takes_frames", False) else preprocess_frame(frame, spec.video)[None]
-            t1 = clock()
-            last_video = engine.run({"image": x})["embedding"]
-            times.add("preprocess", t1 - t0)
-            times.add("video_cnn", clock() - t1)
-        out["video"] = last_video if last_video is not None else np.zeros((1, VIDEO_DIM), np.float32)
-    return out, last_video
+            n = len(inputs.images)
+            chunk = engine.preferred_batch or n
+            video = np.concatenate([engine.run({"image": inputs.images[i:i + chunk]})["embedding"]
+                                    for i in range(0, n, chunk)])
+            times.add("video_cnn", clock() - t0)
+        rows = []
+        for i in inputs.frame_of:
+            if i >= 0:
+                last_video = video[i:i + 1]
+            rows.append(last_video if last_video is not None else np.zeros((1, VIDEO_DIM), np.float32))
+        embs["video"] = np.concatenate(rows)
+    return embs, last_video
 
 
-class Recognizer:
-    """A stateful causal model: `step()` advances the LSTM one step, `reset()` clears its state.
+Pairs = list[tuple[float, dict[str, np.ndarray]]]
+
+
+class Recognizer(Protocol):
+    """What the step loop drives: prepared steps in, per step the (time, probabilities) pairs it produces
+    (one for a causal model; for a look-ahead model the pair of the step `lookahead` back, none at first).
+
+    `advance_inputs` is the one core every path uses; `advance` is one step of it."""
+
+    spec: ModelSpec
+    engines: Engines
+    times: StageTimes
+    delay_s: float  # how late each label is (0 for a causal model)
+    step_ms: int
+
+    def reset(self) -> None: ...
+
+    def advance_inputs(self, inputs: Inputs) -> list[Pairs]: ...
+
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> Pairs: ...
+
+    def flush(self) -> Pairs: ...
+
+
+class _Core:
+    """What both recognizers share: the front end for one step, the encoders, the motion features."""
+
+    spec: ModelSpec
+    engines: Engines
+    times: StageTimes
+    step_ms: int
+
+    def _init_core(self) -> None:
+        self.times = StageTimes()
+        self._prepare = Prepare(self.spec, self.engines, self.step_ms, self.times)
+
+    def _reset_core(self) -> None:
+        self._last_video: np.ndarray | None = None
+        self._motion: np.ndarray | None = None
+        self._prepare._previous = None
+
+    def _encode(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        embs, self._last_video = encode(self.spec, self.engines, self.times, inputs, self._last_video)
+        return self._with_motion(embs)
+
+    def _with_motion(self, embs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The LSTM's inputs from the encoders' embeddings: video motion features where the model uses them."""
+        if self.spec.motion:
+            embs = {**embs}
+            embs["video"], self._motion = video_motion(embs["video"], self._motion)
+        return embs
+
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> Pairs:
+        """One step: frame BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused); audio:
+        mono float32 samples ending at t (at least one window; shorter is padded) or None; t: media time (s)."""
+        return self.advance_inputs(self._prepare([Snapshot(t, frame, audio, 0.0)]))[0]
+
+
+class CausalRecognizer(_Core):
+    """A stateful causal model: the LSTM carries its state from step to step; `reset()` clears it.
 
     The state resets itself when the stream's continuity breaks: time going backwards, or a gap of more
     than `max_gap_s` between steps.
     """
 
-    def __init__(self, spec: ModelSpec, engines: Engines, max_gap_s: float = 2.0):
+    delay_s = 0.0
+
+    def __init__(self, spec: ModelSpec, engines: Engines, max_gap_s: float = 2.0, step_ms: int | None = None):
         if not spec.causal:
             raise EngineError(f"model {spec.name} ({spec.arch}) is not causal: it can only run offline")
         self.spec = spec
         self.engines = engines
         self.max_gap_s = max_gap_s
-        self.times = StageTimes()
-        self._last_video: np.ndarray | None = None
+        self.step_ms = step_ms or spec.step_ms
+        self._init_core()
         self.reset()
 
     def reset(self) -> None:
-        d = 1
-        self._h = np.zeros((d, 1, self.spec.hidden), dtype=np.float32)
-        self._c = np.zeros((d, 1, self.spec.hidden), dtype=np.float32)
+        self._h = np.zeros((1, 1, self.spec.hidden), dtype=np.float32)
+        self._c = np.zeros((1, 1, self.spec.hidden), dtype=np.float32)
         self._last_t: float | None = None
-        self._last_video = None
-        self._motion: np.ndarray | None = None
+        self._reset_core()
 
     def _keep_continuity(self, t: float) -> None:
         """Reset when the stream's continuity breaks: time going backwards, or a gap over max_gap_s."""
         if self._last_t is not None and (t < self._last_t or t - self._last_t > self.max_gap_s):
             self.reset()
 
-    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
-                t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
-        """The recognizers' common interface: the (time, probabilities) pairs this step produces."""
-        return [(t, self.step(frame, audio, t))]
+    def advance_inputs(self, inputs: Inputs) -> list[Pairs]:
+        return [[(t, p)] for t, p in zip(inputs.ts, self.lstm(self._encode(inputs), inputs.ts))]
 
-    def flush(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+    def advance_embeddings(self, embeddings: dict[str, np.ndarray], ts: list[float]) -> Pairs:
+        """Steps whose encoder embeddings are already computed (calibration compares encoders this way)."""
+        return list(zip(ts, self.lstm(self._with_motion(embeddings), ts)))
+
+    def flush(self) -> Pairs:
         """Nothing is held back by a causal model."""
         return []
 
-    def step(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> dict[str, np.ndarray]:
-        """frame: BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused);
-        audio: mono float32 samples ending at t (at least one window; shorter is padded) or None;
-        t: media time in seconds. Returns head -> probabilities (float32, in spec.heads order)."""
-        self._keep_continuity(t)
-        self._last_t = t
-        embs, self._last_video = encode_step(self.spec, self.engines, self.times, frame, audio, self._last_video)
-        if self.spec.motion:
-            embs["video"], self._motion = video_motion(embs["video"], self._motion)
-        feeds = {m: e[:, None, :] for m, e in embs.items()}
-        clock = time.perf_counter
-        t0 = clock()
-        out = self.engines.temporal.run({**feeds, "h0": self._h, "c0": self._c})
-        self.times.add("lstm", clock() - t0)
-        self.times.steps += 1
-        self._h, self._c = out["hn"], out["cn"]
-        return {h: out[h][0, -1] for h in self.spec.heads}
+    def lstm(self, embeddings: dict[str, np.ndarray], ts: list[float]) -> list[dict[str, np.ndarray]]:
+        """Advance the LSTM over consecutive steps whose embeddings are computed (motion features included).
 
-    def step_many(self, embeddings: dict[str, np.ndarray], ts: list[float]) -> list[dict[str, np.ndarray]]:
-        """Advance the LSTM over consecutive steps whose embeddings are already computed (batched replay).
-
-        embeddings: modality -> (T, D) float32; ts: the T step times in seconds. The LSTM state is carried
-        through the steps in order, as T calls of step() would, and resets where step() would (a gap of more
-        than max_gap_s, or time going backwards). Returns, per step, head -> probabilities."""
+        embeddings: modality -> (T, D) float32; ts: the T step times in seconds. The state is carried through
+        the steps in order and resets on a gap of more than max_gap_s or time going backwards. Returns, per
+        step, head -> probabilities (float32, in spec.heads order)."""
         results: list[dict[str, np.ndarray]] = []
         clock = time.perf_counter
         i, n = 0, len(ts)
@@ -132,9 +254,6 @@ class Recognizer:
             while j < n and ts[j - 1] <= ts[j] <= ts[j - 1] + self.max_gap_s:
                 j += 1
             feeds = {m: np.ascontiguousarray(e[None, i:j]) for m, e in embeddings.items()}
-            if self.spec.motion:
-                video, self._motion = video_motion(feeds["video"][0], self._motion)
-                feeds["video"] = video[None]
             t0 = clock()
             out = self.engines.temporal.run({**feeds, "h0": self._h, "c0": self._c})
             self.times.add("lstm", clock() - t0)
@@ -146,29 +265,29 @@ class Recognizer:
         return results
 
 
-class LookaheadRecognizer:
+class LookaheadRecognizer(_Core):
     """The CNN-BiLSTM for replay: the label for step k is computed at step k + lookahead, from a window of
     `context` past steps and `lookahead` future steps run through the BiLSTM. It never pretends to be causal:
     every label it gives is `delay_s` late, and live capture refuses it.
     """
 
     def __init__(self, spec: ModelSpec, engines: Engines, lookahead: int | None = None, context: int = 30,
-                 step_s: float = 0.1):
+                 step_ms: int | None = None):
         self.spec = spec
         self.engines = engines
         self.lookahead = spec.lookahead if lookahead is None else lookahead
         if self.lookahead < 1:
             raise EngineError(f"model {spec.name}: lookahead {self.lookahead} steps: a BiLSTM needs at least 1")
         self.context = context
-        self.delay_s = self.lookahead * step_s
-        self.times = StageTimes()
+        self.step_ms = step_ms or spec.step_ms
+        self.delay_s = self.lookahead * self.step_ms / 1000.0
+        self._init_core()
         self.reset()
 
     def reset(self) -> None:
         self._embs: list[dict[str, np.ndarray]] = []
         self._times: list[float] = []
-        self._last_video = None
-        self._motion: np.ndarray | None = None
+        self._reset_core()
 
     def _run(self, k: int) -> dict[str, np.ndarray]:
         """Probabilities for buffered step k from the window around it."""
@@ -181,27 +300,34 @@ class LookaheadRecognizer:
         self.times.add("lstm", time.perf_counter() - t0)
         return {head: out[head][0, k - lo] for head in self.spec.heads}
 
-    def advance(self, frame, audio, t: float) -> list[tuple[float, dict[str, np.ndarray]]]:
-        """Buffer this step; return the (time, probabilities) of the step `lookahead` steps back, if any."""
-        embs, self._last_video = encode_step(self.spec, self.engines, self.times, frame, audio, self._last_video)
-        if self.spec.motion:
-            embs["video"], self._motion = video_motion(embs["video"], self._motion)
-        self._embs.append(embs)
-        self._times.append(t)
-        self.times.steps += 1
-        k = len(self._embs) - 1 - self.lookahead
-        out = [(self._times[k], self._run(k))] if k >= 0 else []
-        if len(self._embs) > self.context + self.lookahead + 1:  # bounded: drop what no window needs any more
-            self._embs.pop(0)
-            self._times.pop(0)
-        return out
+    def advance_inputs(self, inputs: Inputs) -> list[Pairs]:
+        """Buffer each step; per step, the (time, probabilities) of the step `lookahead` steps back, if any."""
+        embs = self._encode(inputs)
+        produced = []
+        for i, t in enumerate(inputs.ts):
+            self._embs.append({m: e[i:i + 1] for m, e in embs.items()})
+            self._times.append(t)
+            self.times.steps += 1
+            k = len(self._embs) - 1 - self.lookahead
+            produced.append([(self._times[k], self._run(k))] if k >= 0 else [])
+            if len(self._embs) > self.context + self.lookahead + 1:  # bounded: drop what no window needs
+                self._embs.pop(0)
+                self._times.pop(0)
+        return produced
 
-    def flush(self) -> list[tuple[float, dict[str, np.ndarray]]]:
+    def flush(self) -> Pairs:
         """At the end of the stream: the last `lookahead` steps, with what future there is."""
         n = len(self._embs)
         out = [(self._times[k], self._run(k)) for k in range(max(0, n - self.lookahead), n)]
         self.reset()
         return out
+
+
+def recognizer_for(spec: ModelSpec, engines: Engines, step_ms: int, lookahead: int | None = None) -> Recognizer:
+    """The recognizer a model folder calls for: causal, or look-ahead for a BiLSTM."""
+    if spec.causal:
+        return CausalRecognizer(spec, engines, step_ms=step_ms)
+    return LookaheadRecognizer(spec, engines, lookahead, step_ms=step_ms)
 
 
 @dataclass
@@ -215,10 +341,9 @@ class HeadLabel:
 
 
 class _HeadPolicy:
-    def __init__(self, classes: list[str], cfg, step_s: float):
+    def __init__(self, classes: list[str], cfg):
         self.classes = classes
         self.cfg = cfg
-        self.step_s = step_s
         self.reset()
 
     def reset(self) -> None:
@@ -259,24 +384,23 @@ class LabelPolicy:
     the rest at the end). `delay_s` is how late each label is.
     """
 
-    def __init__(self, recognizer: "Recognizer | LookaheadRecognizer", cfg, step_s: float):
+    def __init__(self, recognizer: Recognizer, cfg):
         self.recognizer = recognizer
-        self.delay_s = getattr(recognizer, "delay_s", 0.0)
-        self.heads = {h: _HeadPolicy(c, cfg, step_s) for h, c in recognizer.spec.heads.items()}
+        self.delay_s = recognizer.delay_s
+        self.heads = {h: _HeadPolicy(c, cfg) for h, c in recognizer.spec.heads.items()}
 
     def reset(self) -> None:
         self.recognizer.reset()
         for h in self.heads.values():
             h.reset()
 
-    def step(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> dict[str, HeadLabel]:
-        """One step of a causal model: the labels at time t."""
-        probs = self.recognizer.step(frame, audio, t)
-        return {h: self.heads[h].update(probs[h], t) for h in self.heads}
-
     def label(self, pairs) -> list[tuple[float, dict[str, HeadLabel]]]:
-        """Labels for (time, probabilities) pairs, in order (the batched replay feeds its steps here)."""
+        """Labels for (time, probabilities) pairs, in order."""
         return [(t, {h: self.heads[h].update(p[h], t) for h in self.heads}) for t, p in pairs]
+
+    def advance_inputs(self, inputs: Inputs) -> list[list[tuple[float, dict[str, HeadLabel]]]]:
+        """Per prepared step, the labels it produces."""
+        return [self.label(pairs) for pairs in self.recognizer.advance_inputs(inputs)]
 
     def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
                 t: float) -> list[tuple[float, dict[str, HeadLabel]]]:

@@ -1,20 +1,30 @@
-"""The step loop: at each step time, read a Snapshot from the source, run the core, publish the labels.
+"""The step loop: walk the source's steps (stream/steps.py), run the core, publish the labels and status.
 
 Clocks: a virtual clock (fast replay: steps run back to back, `wall` is the virtual time) and the wall clock
 (paced replay and live: step k is released at start + k * step). The same loop drives all three.
+
+Fast replay of a causal model may batch: `batch_steps` consecutive steps go through the front end and the
+encoders together, prepared on a worker thread `prefetch` batches ahead while this thread runs the encoders
+on the previous batch; the LSTM still advances step by step in order, so the label policy and the publisher
+see exactly the sequence the step-by-step loop gives them (probabilities differ by float rounding between batch
+sizes only, well under 1e-3). Live capture and paced replay stay step by step: batching would add latency.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core import LabelPolicy
+from .core import LabelPolicy, Prepare, StageTimes
 from .publish import Publisher
+from .steps import Source, Step, chunks, prefetch, steps
 
 log = logging.getLogger(__name__)
 
@@ -38,32 +48,45 @@ class RunSummary:
 
 
 class StepLoop:
-    """source: FileSource or LiveSource; policy: LabelPolicy; publisher: Publisher;
-    step_s: step length in seconds; realtime: pace on the wall clock (always true for a live source);
-    status_every_s: status interval in stream seconds; max_seconds: stop after this much stream time (0 = no
-    limit); virtual_epoch: Unix time of t = 0 on the virtual clock."""
+    """source: a Source; policy: LabelPolicy; publisher: Publisher; step_ms: step length;
+    realtime: pace on the wall clock (always true for a live source); status_every_s: status interval in
+    stream seconds; max_seconds: stop after this much stream time (0 = no limit); virtual_epoch: Unix time of
+    t = 0 on the virtual clock; batch_steps: steps per batch in fast replay of a causal model (1: step by
+    step); prefetch: batches prepared ahead on the worker thread."""
 
-    def __init__(self, source, policy: LabelPolicy, publisher: Publisher, step_s: float, realtime: bool,
+    # threads that resize frames beside the worker thread in batched replay: the cores left after the decoder
+    # and this thread, at most 4 (0 on a 2-core machine: no spare core, the worker resizes inline)
+    prep_threads = max(0, min(4, (os.cpu_count() or 1) - 2))
+
+    def __init__(self, source: Source, policy: LabelPolicy, publisher: Publisher, step_ms: int, realtime: bool,
                  status_every_s: float = 1.0, max_seconds: float = 0.0, virtual_epoch: float = 0.0,
-                 backend: str = "onnxruntime"):
+                 backend: str = "onnxruntime", batch_steps: int = 1, prefetch: int = 2):
         self.source = source
         self.policy = policy
         self.publisher = publisher
-        self.step_ms = int(round(step_s * 1000))
+        self.step_ms = int(step_ms)
         self.realtime = realtime or source.live
         self.status_every = max(1, int(round(status_every_s * 1000)) // self.step_ms)
         self.max_steps = int(round(max_seconds * 1000)) // self.step_ms if max_seconds else 0
         self.virtual_epoch = virtual_epoch
         self.backend = backend
+        self.batch_steps = batch_steps if self.batched_possible(policy, self.realtime) else 1
+        self.prefetch = prefetch
         self.on_step = None  # optional callable(Snapshot) after each step's labels are published
         self.stop_event = threading.Event()
         self._latencies: list[float] = []
 
+    @staticmethod
+    def batched_possible(policy: LabelPolicy, realtime: bool) -> bool:
+        """Batches are for fast replay of a causal model."""
+        return not realtime and policy.recognizer.delay_s == 0
+
     def _status(self, state: str, t: float, wall: float, k: int, interval_steps: int, interval_s: float) -> None:
         extra: dict = {"state": state, "steps": k, "drops": self.source.drops(), "backend": self.backend,
                        "clock": "wall" if self.realtime else "virtual", "step_ms": self.step_ms}
-        if hasattr(self.source, "health"):  # live devices: ok / stalled / lost / reconnecting, with counts
-            extra["devices"] = self.source.health()
+        health = self.source.health()
+        if health is not None:  # live devices: ok / stalled / lost / reconnecting, with counts
+            extra["devices"] = health
         if self.publisher.bus_overflows:  # a subscriber's queue hit the high-water mark: ZeroMQ dropped for it
             extra["bus_overflows"] = dict(self.publisher.bus_overflows)
         if self.realtime:
@@ -78,52 +101,79 @@ class StepLoop:
         self._latencies.clear()
         self.publisher.publish("status", t, wall, state, None, {}, **extra)
 
+    def _walk(self) -> Iterator[Step]:
+        start_wall = time.time()
+        pace = (lambda t: self._sleep_until(start_wall + t)) if self.realtime else None
+        return steps(self.source, self.step_ms, self.max_steps, self.stop_event, pace, self.virtual_epoch)
+
+    def _batches(self, worker_times: StageTimes):
+        """(Inputs, steps) per batch: step by step inline, or batched on a prefetching worker thread."""
+        rec = self.policy.recognizer
+        if self.batch_steps == 1:
+            prepare = Prepare(rec.spec, rec.engines, self.step_ms, rec.times)
+            for step in self._walk():
+                yield prepare([step.snap]), [step]
+            return
+        use_video = "video" in rec.spec.modalities
+        pool = (ThreadPoolExecutor(self.prep_threads, "replay-preprocess")
+                if self.prep_threads and use_video else None)
+        prepare = Prepare(rec.spec, rec.engines, self.step_ms, worker_times, pool)
+
+        def work():
+            clock = time.perf_counter
+            walk = self._walk()
+            while True:
+                t0 = clock()
+                batch = []
+                for step in walk:
+                    batch.append(step)
+                    if len(batch) == self.batch_steps:
+                        break
+                worker_times.add("decode", clock() - t0)
+                if not batch:
+                    return
+                inputs = prepare([s.snap for s in batch])
+                yield inputs, [Step(s.k, s.t, None, s.wall) for s in batch]  # frames not kept past the front end
+                if len(batch) < self.batch_steps:
+                    return
+
+        try:
+            yield from prefetch(work(), self.prefetch, self.stop_event, "replay-prepare")
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
     def run(self) -> RunSummary:
         started = time.perf_counter()
-        start_wall = time.time()
-        step_s = self.step_ms / 1000.0
-        k = 0
-        t = 0.0
-        wall = self.virtual_epoch
-        last_status_k, last_status_clock = 0, time.perf_counter()
-        while not self.stop_event.is_set():
-            if self.max_steps and k >= self.max_steps:
-                break
-            k += 1
-            t = k * self.step_ms / 1000.0
-            if self.source.live:
-                self._sleep_until(start_wall + t)
-                snap = self.source.snapshot(t)
-            else:
-                snap = self.source.snapshot(t)  # decode ahead, then release on the pacer's clock
-                if snap is not None and self.realtime:
-                    self._sleep_until(start_wall + t)
-            if snap is None:
-                k -= 1
-                t = k * step_s
-                break
-            if self.source.live:
-                wall = snap.wall
-            elif self.realtime:
-                wall = time.time()
-            else:
-                wall = self.virtual_epoch + t
-            self._publish_labels(self.policy.advance(snap.frame, snap.audio, t), wall)
-            if self.on_step is not None:  # e.g. the --show window: the frame of this step
-                self.on_step(snap)
-            if self.realtime:
-                self._latencies.append(time.time() - wall)
-            if k % self.status_every == 0:
-                now = time.perf_counter()
-                self._status("running", t, wall, k, k - last_status_k, now - last_status_clock)
-                last_status_k, last_status_clock = k, now
+        rec = self.policy.recognizer
+        worker_times = StageTimes()
+        clock = time.perf_counter
+        k, t, wall = 0, 0.0, self.virtual_epoch
+        last_status_k, last_status_clock = 0, clock()
+        for inputs, batch in self._batches(worker_times):
+            produced = self.policy.advance_inputs(inputs)
+            t0 = clock()
+            for step, labels in zip(batch, produced):
+                k, t, wall = step.k, step.t, step.wall
+                self._publish_labels(labels, wall)
+                if self.on_step is not None:  # e.g. the --show window: the frame of this step
+                    self.on_step(step.snap)
+                if self.realtime:
+                    self._latencies.append(time.time() - wall)
+                if k % self.status_every == 0:
+                    now = clock()
+                    self._status("running", t, wall, k, k - last_status_k, now - last_status_clock)
+                    last_status_k, last_status_clock = k, now
+            rec.times.add("publish", clock() - t0)
         self._publish_labels(self.policy.flush(), wall)
-        now = time.perf_counter()
-        self._status("end", t, wall if self.realtime or self.source.live else self.virtual_epoch + t, k,
-                     k - last_status_k, now - last_status_clock)
+        now = clock()
+        self._status("end", t, wall if self.realtime else self.virtual_epoch + t, k, k - last_status_k,
+                     now - last_status_clock)
+        stage = dict(rec.times.mean_ms())
+        n = max(rec.times.steps, 1)
+        stage.update({s: round(v * 1000.0 / n, 3) for s, v in worker_times.seconds.items()})
         return RunSummary(steps=k, media_s=t, elapsed_s=time.perf_counter() - started,
-                          messages=self.publisher.sent, stage_ms=self.policy.recognizer.times.mean_ms(),
-                          drops=self.source.drops())
+                          messages=self.publisher.sent, stage_ms=stage, drops=self.source.drops())
 
     def _publish_labels(self, produced, wall: float) -> None:
         extra = {"delay_s": self.policy.delay_s} if self.policy.delay_s else {}

@@ -13,7 +13,6 @@ import stat
 import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from .config import file_kind
 from .errors import SourceError
 from .rings import AudioRing, FrameRing
+from .steps import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +28,6 @@ MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording o
 AUDIO_RATES = (4000, 384000)  # Hz accepted for an audio track (resampled to the model's rate)
 MAX_CHANNELS = 32  # more is not a recording of a room (and FFmpeg's mixer refuses some layouts)
 MIN_SECONDS = 0.01  # the shortest step (step.step_ms >= 10): a recording shorter than this can give no label
-
-
-@dataclass
-class Snapshot:
-    """What the core sees at one step: the newest frame at or before t, the audio window ending at t,
-    and the capture wall time (Unix s) of the newest input used."""
-
-    t: float
-    frame: np.ndarray | None
-    audio: np.ndarray | None
-    wall: float
 
 
 def _open_container(path: Path):
@@ -327,7 +316,8 @@ class FileSource:
         if end <= 0:
             return SourceError(f"{self.path}: no audio or video could be decoded (the recording is empty or damaged): "
                                f"pass a recording at least {what} ({step_s * 1000:.0f} ms) long")
-        fix = "pass a longer recording" + (" or a shorter step (--step-ms)" if step_s > MIN_SECONDS else "")
+        fix = "pass a longer recording" + (" or a model trained at a shorter step (actstream train --step-ms)"
+                                           if step_s > MIN_SECONDS else "")
         return SourceError(f"{self.path}: the recording is {end * 1000:.1f} ms long, shorter than {what} "
                            f"({step_s * 1000:.0f} ms), so it gives no label: {fix}")
 
@@ -367,10 +357,41 @@ class FileSource:
         return {"video": self.video.ring.dropped if self.video else 0,
                 "audio": self.audio.ring.dropped if self.audio else 0}
 
+    def health(self) -> None:
+        return None
+
     def close(self) -> None:
         for track in (self.audio, self.video):
             if track is not None:
                 track.close()
+
+
+class ArraySource:
+    """A recording already in memory (mono float32 samples at `sample_rate`): the evaluation's mixed timelines.
+    Step t gets the `window` samples ending at sample round(t * rate); the stream ends where they run out."""
+
+    live = False
+
+    def __init__(self, samples: np.ndarray, sample_rate: int, window: int, name: str = "memory"):
+        self.samples, self.sample_rate, self.window, self.name = samples, sample_rate, window, name
+
+    def start(self) -> None:
+        pass
+
+    def snapshot(self, t: float) -> Snapshot | None:
+        end = int(round(t * self.sample_rate))
+        if end > len(self.samples):
+            return None
+        return Snapshot(t, None, self.samples[max(0, end - self.window):end], 0.0)
+
+    def drops(self) -> dict[str, int]:
+        return {"audio": 0}
+
+    def health(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
 class LiveSource:

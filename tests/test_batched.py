@@ -1,4 +1,4 @@
-"""Batched fast replay (stream/batched.py) against the step-by-step loop."""
+"""Batched fast replay (loop.StepLoop with batch_steps > 1) against the step-by-step loop."""
 
 import json
 
@@ -7,9 +7,8 @@ import pytest
 
 from bench.media import hybrid_model
 from engines.bundle import load_spec, open_engines
-from stream.batched import BatchedReplay
 from stream.config import Config
-from stream.core import LabelPolicy, Recognizer
+from stream.core import CausalRecognizer, LabelPolicy
 from stream.loop import StepLoop
 from stream.publish import Publisher
 from stream.sources import FileSource
@@ -23,17 +22,13 @@ def _replay(model: str, path, out, batch_steps: int):
     cfg = Config()
     engines = open_engines(spec, "onnxruntime", threads=1, spin=batch_steps == 1)
     engines.load()
-    policy = LabelPolicy(Recognizer(spec, engines), cfg.policy, 0.1)
+    policy = LabelPolicy(CausalRecognizer(spec, engines), cfg.policy)
     audio = spec.audio
     source = FileSource(path, sample_rate=audio.sample_rate, window_samples=audio.window_samples,
                         use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
     publisher = Publisher(None, out, source.name, spec.tag)
     try:
-        if batch_steps == 1:
-            loop = StepLoop(source, policy, publisher, 0.1, False)
-        else:
-            loop = BatchedReplay(source, policy, publisher, 0.1, batch_steps)
-        summary = loop.run()
+        summary = StepLoop(source, policy, publisher, 100, False, batch_steps=batch_steps).run()
     finally:
         source.close()
         publisher.close()
@@ -44,7 +39,7 @@ def _replay(model: str, path, out, batch_steps: int):
 @pytest.mark.parametrize("model,prep_threads", [("hybrid", 0), ("hybrid", 2), ("default", 0)])
 def test_batched_equals_stepped(tmp_path, media, monkeypatch, model, prep_threads):
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(BatchedReplay, "prep_threads", prep_threads)  # frames resized inline, or on 2 helpers
+    monkeypatch.setattr(StepLoop, "prep_threads", prep_threads)  # frames resized inline, or on 2 helpers
     name = str(hybrid_model(tmp_path / "hybrid")) if model == "hybrid" else "default"
     stepped, a = _replay(name, media["mp4"], tmp_path / "a.jsonl", 1)
     batched, b = _replay(name, media["mp4"], tmp_path / "b.jsonl", 8)  # 30 steps: 3 full batches and a short one
@@ -76,17 +71,17 @@ def test_batched_replay_is_byte_identical_and_counts_steps(tmp_path, media):
     assert len([x for x in outs[0].splitlines() if b'"topic":"speech"' in x]) == 20
 
 
-def test_step_many_resets_on_a_gap_like_step():
+def test_the_lstm_resets_on_a_gap_within_a_batch_as_between_steps():
     spec = load_spec("default")
     engines = open_engines(spec, "onnxruntime", threads=1)
     engines.load()
     rng = np.random.default_rng(0)
     emb = rng.standard_normal((6, spec.audio_dim)).astype(np.float32)
     ts = [0.1, 0.2, 0.3, 5.0, 5.1, 5.2]  # a 4.7 s gap: the state resets before the fourth step
-    many = Recognizer(spec, engines).step_many({"audio": emb}, ts)
-    fresh = Recognizer(spec, engines).step_many({"audio": emb[3:]}, ts[3:])
+    many = CausalRecognizer(spec, engines).lstm({"audio": emb}, ts)
+    fresh = CausalRecognizer(spec, engines).lstm({"audio": emb[3:]}, ts[3:])
     for h in spec.heads:
         np.testing.assert_allclose(many[3][h], fresh[0][h], atol=1e-6)
-        assert not np.allclose(many[1][h], Recognizer(spec, engines).step_many({"audio": emb[1:2]}, [0.2])[0][h],
+        assert not np.allclose(many[1][h], CausalRecognizer(spec, engines).lstm({"audio": emb[1:2]}, [0.2])[0][h],
                                atol=1e-6)
     engines.close()

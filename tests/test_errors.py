@@ -103,8 +103,23 @@ def test_short_recordings_that_give_a_label_still_run(tmp_path):
     assert r.returncode == 0, r.stderr
     topics = [json.loads(line)["topic"] for line in out.read_text().splitlines()]
     assert topics == ["speech", "activity", "status"]
-    r = run_cli("replay", str(_wav(tmp_path / "tiny.wav", 800)), "--publish", "none", "--step-ms", "50")
+    # a model trained at 50 ms steps (its model.json says so) labels a 50 ms recording once
+    import shutil
+
+    from engines.bundle import SHIPPED
+
+    fast = tmp_path / "fast"
+    shutil.copytree(SHIPPED / "default", fast)
+    spec = json.loads((fast / "model.json").read_text())
+    (fast / "model.json").write_text(json.dumps({**spec, "step_ms": 50}))
+    tiny = str(_wav(tmp_path / "tiny.wav", 800))
+    r = run_cli("replay", tiny, "--publish", "none", "--model", str(fast))
     assert r.returncode == 0 and "1 steps" in r.stderr, r.stderr
+
+
+def test_a_step_other_than_the_models_is_refused(tmp_path):
+    r = run_cli("replay", str(_wav(tmp_path / "a.wav", 16000)), "--publish", "none", "--step-ms", "50")
+    one_line_error(r, "step.step_ms = 50", "model default was trained at 100 ms steps", "step_ms at 0")
 
 
 def test_a_one_frame_video_is_refused(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from engines.bundle import load_spec, open_engines
 from stream.config import PolicyConfig
-from stream.core import LabelPolicy, Recognizer
+from stream.core import CausalRecognizer, LabelPolicy
 from stream.sources import FileSource
 from tests.conftest import need_shared, run_cli
 
@@ -73,8 +73,8 @@ def test_stepped_core_equals_whole_sequence_through_both_backends(media):
     results = {}
     for backend in ("onnxruntime", "torch"):
         engines = open_engines(spec, backend, threads=1)
-        rec = Recognizer(spec, engines)
-        stepped = np.stack([rec.step(None, s.audio, s.t)["speech"] for s in snaps])
+        rec = CausalRecognizer(spec, engines)
+        stepped = np.stack([rec.advance(None, s.audio, s.t)[0][1]["speech"] for s in snaps])
         embs = np.stack([engines.encoders["audio"].run({"logmel": _mel(spec, s.audio)})["embedding"][0]
                          for s in snaps])
         h = np.zeros((1, 1, spec.hidden), np.float32)
@@ -95,7 +95,7 @@ def test_policy_hysteresis_and_hold():
     from stream.core import _HeadPolicy
 
     cfg = PolicyConfig(smoothing=0.6, enter=0.5, exit=0.4, switch_steps=2, min_hold_ms=300)
-    p = _HeadPolicy(["no_speech", "speech"], cfg, 0.1)
+    p = _HeadPolicy(["no_speech", "speech"], cfg)
     seq = [0.1, 0.9, 0.9, 0.9, 0.45, 0.45, 0.1, 0.1, 0.1]
     labels = [p.update(np.array([1 - s, s]), 0.1 * (i + 1)).label for i, s in enumerate(seq)]
     # smoothing 0.6: ema(speech) = .1 .58 .772 .849 .61 .514 .266 .166 .126 at t = .1 .2 ... .9

@@ -1,0 +1,118 @@
+"""One run, built from (config, source, options): the model's engines, its recognizer and label policy, the
+publisher and its listeners (metrics, overlay window), the step loop; run until the end or a signal, then shut
+down in order. The CLI only parses arguments and calls `run_pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .config import Config
+from .errors import PublishError
+
+if TYPE_CHECKING:  # numpy is first imported after the CLI has set its thread variables (cli.main)
+    from .loop import RunSummary
+    from .steps import Source
+
+log = logging.getLogger("actstream")
+
+
+@dataclass
+class RunOptions:
+    """publish: endpoint or None; out: a JSONL file of every message; realtime: pace on the wall clock;
+    max_seconds: stop after this much stream time (0: the end); virtual_epoch: Unix time of t = 0 on the
+    virtual clock; wait_subscriber_s: hold the start until a subscriber is there; lookahead: a BiLSTM's
+    look-ahead steps (None: the model's); show: an overlay window; metrics_port: a Prometheus endpoint;
+    collect: a list that receives every message; listeners: more callables that receive every message."""
+
+    publish: str | None
+    out: str | None
+    realtime: bool
+    max_seconds: float = 0.0
+    virtual_epoch: float = 0.0
+    wait_subscriber_s: float = 0.0
+    lookahead: int | None = None
+    show: bool = False
+    metrics_port: int | None = None
+    collect: list | None = None
+    listeners: tuple = ()
+
+
+def inference_threads(cfg: Config, spec, batched: bool) -> int:
+    """Intra-op threads for the CPU backends: the config's, or where it says 0 (one per core) and the replay
+    is batched over an audio-only model, one core fewer: the encoders are small and the decoding thread needs
+    a core of its own (measured on 2 cores: 555x real time with 1 inference thread, 440x with 2)."""
+    threads = cfg.model.threads
+    if threads == 0 and batched and "video" not in spec.modalities:
+        threads = max(1, (os.cpu_count() or 1) - 1)
+    return threads
+
+
+def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
+    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order."""
+    from engines.bundle import load_spec, open_engines
+
+    from .core import LabelPolicy, recognizer_for
+    from .loop import StepLoop
+    from .publish import Publisher
+
+    spec = load_spec(cfg.model.path)
+    step_ms = cfg.step.resolve(spec.step_ms, spec.name)
+    # fast replay of a causal model runs its encoders in batches (loop.StepLoop); its worker thread needs the
+    # cores between inference runs, so ONNX Runtime's idle threads do not spin there
+    batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
+               and not opts.show)
+    engines = open_engines(spec, cfg.model.backend, inference_threads(cfg, spec, batched), cfg.model.precision,
+                           spin=not batched)
+    publisher = metrics = window = None
+    try:
+        engines.load()
+        policy = LabelPolicy(recognizer_for(spec, engines, step_ms, opts.lookahead), cfg.policy)
+        publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
+                              keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
+        if opts.publish:
+            log.info("publishing on %s", publisher.endpoint)
+            if opts.wait_subscriber_s and not publisher.wait_for_subscriber(opts.wait_subscriber_s):
+                log.warning("no subscriber after %.0f s; publishing anyway", opts.wait_subscriber_s)
+        if opts.collect is not None:
+            publisher.listeners.append(opts.collect.append)
+        publisher.listeners.extend(opts.listeners)
+        if opts.metrics_port is not None:
+            from .metrics import Metrics
+
+            metrics = Metrics(opts.metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
+            publisher.listeners.append(metrics.listener(wall_clock=opts.realtime or source.live))
+            log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
+        if opts.show:
+            from .overlay import Window
+
+            window = Window(f"actstream - {source.name}")
+            publisher.listeners.append(window.state.update)
+        source.start()
+        loop = StepLoop(source, policy, publisher, step_ms, opts.realtime, cfg.publish.status_every_ms / 1000.0,
+                        opts.max_seconds, opts.virtual_epoch, cfg.model.backend,
+                        batch_steps=cfg.replay.batch_steps if batched else 1)
+        if window is not None:
+            loop.on_step = window.on_step(loop.stop_event)
+        previous = {s: signal.signal(s, lambda *_: loop.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return loop.run()
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    finally:
+        source.close()
+        if window is not None:
+            window.close()
+        if metrics is not None:
+            metrics.close()
+        if publisher is not None:
+            publisher.close()
+        engines.close()
+        if publisher is not None and publisher.out_error and sys.exc_info()[0] is None:
+            raise PublishError(publisher.out_error)  # the run finished; its --out file is incomplete
