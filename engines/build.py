@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from .bundle import load_spec
@@ -12,12 +13,15 @@ from .precision import encoder_file
 log = logging.getLogger(__name__)
 
 
-def build_all(model: str, precision: str = "fp16") -> list[Path]:
+def build_all(model: str, precision: str = "fp16",
+              progress: Callable[[str, int, int], None] | None = None) -> list[Path]:
     """Build (or find cached) the engines of every network of `model`; returns their paths.
 
     precision "int8" builds the encoders from their calibrated QDQ files (explicit quantization) and the
-    temporal network in FP16. Raises EngineError, naming the extra, where TensorRT or a GPU is missing."""
-    from .tensorrt import _Progress, build_engine, import_tensorrt
+    temporal network in FP16. Raises EngineError, naming the extra, where TensorRT or a GPU is missing.
+    progress: called (stage, done, total) while an engine builds, stage e.g. "temporal (fp16)", done/total
+    in percent; the caller draws it (`actstream build`: a bar on a terminal)."""
+    from .tensorrt import build_engine, import_tensorrt
 
     import_tensorrt()  # fail before exporting anything
     spec = load_spec(model)
@@ -30,4 +34,8 @@ def build_all(model: str, precision: str = "fp16") -> list[Path]:
         onnx.append(("video_encoder", encoder_file(spec.folder, "video", video_encoder_onnx(spec.video.size),
                                                    enc_precision), precision))
     onnx.append(("temporal", spec.folder / "temporal.onnx", "fp16"))
-    return [build_engine(path, prec, progress=_Progress(f"{name} ({prec})")) for name, path, prec in onnx]
+
+    def stage(label: str):
+        return None if progress is None else (lambda fraction: progress(label, round(100 * fraction), 100))
+
+    return [build_engine(path, prec, progress=stage(f"{name} ({prec})")) for name, path, prec in onnx]

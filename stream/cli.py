@@ -337,7 +337,7 @@ def cmd_build(args) -> int:
     from engines.build import build_all
 
     cfg = _apply_common(load_config(args.config), args)
-    for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16"):
+    for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16", progress=_progress()):
         print(f"engine: {path}")
     return 0
 
