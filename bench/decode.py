@@ -8,8 +8,8 @@ from pathlib import Path
 
 def source_rate(path: str | Path, step_s: float = 0.1, max_steps: int = 0) -> dict:
     """Steps and video frames per second that FileSource.snapshot gives on this machine, single-threaded."""
-    from stream.sources import FileSource
-    from stream.steps import steps
+    from actstream.stream.sources import FileSource
+    from actstream.stream.steps import steps
 
     src = FileSource(path, sample_rate=16000, window_samples=15600)
     k, t0 = 0, time.perf_counter()

@@ -12,8 +12,8 @@ def encoder_throughput(batch: int = 64, iters: int = 200, size: int = 224) -> di
     (median of 5 runs of `iters` replays), and the FP16 output checked against FP32 eager."""
     import torch
 
-    from engines.efficientnet import load_pretrained
-    from engines.torch_cuda import CudaGraphEngine
+    from actstream.engines.efficientnet import load_pretrained
+    from actstream.engines.torch_cuda import CudaGraphEngine
 
     eng = CudaGraphEngine("video_encoder", lambda: load_pretrained(size), "image", "embedding", (3, size, size),
                           buckets=(batch,), channels_last=True)
@@ -44,8 +44,8 @@ def encoder_throughput(batch: int = 64, iters: int = 200, size: int = 224) -> di
 def step_latency(model: str, steps: int = 300) -> dict:
     """One live step (front end, both encoders at batch 1, LSTM) on the GPU backend: ms percentiles, timed
     on the host around CausalRecognizer.advance (which returns host arrays, so the GPU work is finished)."""
-    from engines.bundle import load_spec, open_engines
-    from stream.core import CausalRecognizer
+    from actstream.engines.bundle import load_spec, open_engines
+    from actstream.stream.core import CausalRecognizer
 
     spec = load_spec(model)
     engines = open_engines(spec, "torch-cuda")

@@ -45,7 +45,7 @@ def _frames(n: int, fps: int, seed: int = 0):
 
 def video_with_audio(path: Path, seconds: float, fps: int = 25) -> Path:
     """320x240 H.264 at `fps` with AAC audio, `seconds` long (made once per name)."""
-    from stream.demo import write_media
+    from actstream.stream.demo import write_media
 
     if path.is_file():
         return path
@@ -53,7 +53,7 @@ def video_with_audio(path: Path, seconds: float, fps: int = 25) -> Path:
 
 
 def audio_only(path: Path, seconds: float) -> Path:
-    from stream.demo import write_media
+    from actstream.stream.demo import write_media
 
     if path.is_file():
         return path
@@ -66,9 +66,9 @@ def hybrid_model(folder: Path) -> Path:
     one mean nothing; its cost is exactly a trained one's, which is what the benchmark measures."""
     import torch
 
-    from engines.bundle import SHIPPED, ModelSpec, load_spec, load_torch_modules, save_model
-    from stream.frontend import VideoFeatures
-    from stream.errors import EngineError
+    from actstream.engines.bundle import SHIPPED, ModelSpec, load_spec, load_torch_modules, save_model
+    from actstream.engines.features import VideoFeatures
+    from actstream.common.errors import EngineError
 
     for d in sorted(SHIPPED.iterdir()) if SHIPPED.is_dir() else []:
         if (d / "model.json").is_file() and json.loads((d / "model.json").read_text()).get("arch") == "hybrid":

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from engines.efficientnet import load_pretrained
+    from actstream.engines.efficientnet import load_pretrained
 
     device = torch.device(args.device)
     cnn = load_pretrained().to(device)

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import ConfigError
+from actstream.common.errors import ConfigError
 
-from . import media
+from actstream.bench import media
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]  # the replays run as `python -m stream.cli` from here
+ROOT = Path(__file__).resolve().parents[1]  # the replays run as `python -m actstream.cli` from here
 
 
 def _process(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
@@ -74,7 +74,7 @@ def _process(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stream.cli", *args]
+    return [sys.executable, "-m", "actstream.cli", *args]
 
 
 def _replay(path: Path, model: str, work: Path, tag: str, *extra: str) -> dict:
@@ -167,8 +167,8 @@ def run_bench(quick: bool = False, video: str | None = None, json_out: str | Non
 
 
 def _run(quick, video, json_out, device, work: Path, seconds) -> dict:
-    from calibration.calibrate import calibrate
-    from calibration.gate import Margin
+    from actstream.calibration.calibrate import calibrate
+    from actstream.calibration.gate import Margin
 
     seconds = seconds or (4.0 if quick else 60.0)
     model = str(media.hybrid_model(work / "hybrid"))
@@ -182,14 +182,14 @@ def _run(quick, video, json_out, device, work: Path, seconds) -> dict:
                     "quick": quick, "input": {"video": str(clip), "frames": frames, "seconds": seconds, "size": "320x240"},
                     "model": model, "caveat": "timings depend on what else runs on the machine"}
     rows = [_row("what", "figure", "unit", "target", "")]
-    from .decode import source_rate
+    from actstream.bench.decode import source_rate
 
     src = source_rate(clip)
     report["source_alone"] = src
     rows.append(_row("replay source alone (decode, no inference)", src["frames_per_s"], "frames/s", "",
                      "one thread: the ceiling of fast replay on this machine"))
     if device == "cuda":
-        from .gpu import encoder_throughput, step_latency
+        from actstream.bench.gpu import encoder_throughput, step_latency
 
         enc = encoder_throughput(64, iters=20 if quick else 200)
         report["encoder_gpu"] = enc
@@ -259,7 +259,7 @@ def _run(quick, video, json_out, device, work: Path, seconds) -> dict:
 
 def _naive(clip: Path, work: Path, device: str) -> dict:
     stats = work / f"naive_{device}.json"
-    run = _process([sys.executable, "-m", "bench.naive", str(clip), "--device", device, "--stats", str(stats)],
+    run = _process([sys.executable, "-m", "actstream.bench.naive", str(clip), "--device", device, "--stats", str(stats)],
                    cwd=ROOT)
     run.update(json.loads(stats.read_text()))
     run["frames_per_s"] = run["frames"] / run["wall_s"]  # whole process, as the product's figure

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.bundle import Engines, load_spec
-from engines.cache import file_digest, video_encoder_onnx
-from engines.onnxrt import OnnxRuntimeEngine
-from engines.precision import GATE_FILE
-from stream.core import CausalRecognizer, LabelPolicy
-from stream.errors import SourceError
+from actstream.engines.bundle import Engines, load_spec
+from actstream.engines.cache import file_digest, video_encoder_onnx
+from actstream.engines.onnxrt import OnnxRuntimeEngine
+from actstream.engines.precision import GATE_FILE
+from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.common.errors import SourceError
 
-from .gate import Margin, cosine, decide
-from .gather import Recording, media_files, replay_inputs, split
-from .quantize import quantize_encoder, tensorrt_calibration_cache
+from actstream.calibration.gate import Margin, cosine, decide
+from actstream.calibration.gather import Recording, media_files, replay_inputs, split
+from actstream.calibration.quantize import quantize_encoder, tensorrt_calibration_cache
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
     max_calib: encoder inputs to calibrate on (spread over the calibration files); max_held_steps: steps
     replayed per recording (the first minute at 100 ms steps); max_files: recordings used at most, sampled
     evenly from the sorted list."""
-    from stream.config import PolicyConfig
+    from actstream.stream.config import PolicyConfig
 
     policy_cfg = policy_cfg or PolicyConfig()
     spec = load_spec(model)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import SourceError
-from stream.frontend import audio_window, preprocess_frame
+from actstream.common.errors import SourceError
+from actstream.stream.frontend import audio_window
+from actstream.engines.features import preprocess_frame
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ class Recording:
 def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Recording:
     """Replay `path` at the model's step and keep the encoder inputs of every `stride`-th step (at most
     max_steps, 0 = all)."""
-    from stream.sources import FileSource
-    from stream.steps import steps
+    from actstream.stream.sources import FileSource
+    from actstream.stream.steps import steps
 
     use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
     audio = spec.audio

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
 log = logging.getLogger(__name__)
 

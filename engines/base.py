@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
 
 class Engine(abc.ABC):

@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .bundle import load_spec
-from .cache import video_encoder_onnx
-from .precision import encoder_file
+from actstream.engines.bundle import load_spec
+from actstream.engines.cache import video_encoder_onnx
+from actstream.engines.precision import encoder_file
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def build_all(model: str, precision: str = "fp16",
     temporal network in FP16. Raises EngineError, naming the extra, where TensorRT or a GPU is missing.
     progress: called (stage, done, total) while an engine builds, stage e.g. "temporal (fp16)", done/total
     in percent; the caller draws it (`actstream build`: a bar on a terminal)."""
-    from .tensorrt import build_engine, import_tensorrt
+    from actstream.engines.tensorrt import build_engine, import_tensorrt
 
     import_tensorrt()  # fail before exporting anything
     spec = load_spec(model)

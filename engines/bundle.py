@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stream.config import is_int, is_number, read_small_text, show_value
-from stream.errors import EngineError
-from stream.frontend import AudioFeatures, VideoFeatures
+from actstream.common.files import is_int, is_number, read_small_text, show_value
+from actstream.common.errors import EngineError
+from actstream.engines.features import AudioFeatures, VideoFeatures
 
-from .base import Engine
-from .archs import ARCHS, VIDEO_DIM
+from actstream.engines.base import Engine
+from actstream.engines.archs import ARCHS, VIDEO_DIM
 
 if TYPE_CHECKING:  # torch is imported where a network is built: the ONNX Runtime path never needs it
-    from .models import AudioCNN, Temporal
+    from actstream.engines.models import AudioCNN, Temporal
 
 SHIPPED = Path(__file__).parent / "weights"
 FORMAT = 1  # model.json format version
@@ -101,12 +101,12 @@ class ModelSpec:
                 "card": self.card}
 
     def new_audio_cnn(self) -> AudioCNN:
-        from .models import AudioCNN
+        from actstream.engines.models import AudioCNN
 
         return AudioCNN(n_mels=self.audio.n_mels, dim=self.audio_dim)
 
     def new_temporal(self) -> Temporal:
-        from .models import Temporal
+        from actstream.engines.models import Temporal
 
         return Temporal(self.dims, {h: len(c) for h, c in self.heads.items()}, hidden=self.hidden,
                         proj=self.proj, bidirectional=not self.causal)
@@ -344,7 +344,7 @@ def save_model(spec: ModelSpec, folder: Path, audio_cnn: AudioCNN | None, tempor
     """Write model.json, weights.pt and the ONNX exports."""
     import torch
 
-    from .export import export_audio_encoder, export_temporal
+    from actstream.engines.export import export_audio_encoder, export_temporal
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = {"temporal": temporal.state_dict()}
@@ -417,9 +417,9 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
     spin-wait (see OnnxRuntimeEngine).
     """
     if backend in ("onnxruntime", "tensorrt"):
-        from .cache import video_encoder_onnx
-        from .onnxrt import OnnxRuntimeEngine
-        from .precision import encoder_file
+        from actstream.engines.cache import video_encoder_onnx
+        from actstream.engines.onnxrt import OnnxRuntimeEngine
+        from actstream.engines.precision import encoder_file
 
         io = expected_io(spec)
 
@@ -431,7 +431,7 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             if backend == "onnxruntime":
                 return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin,
                                                            expect=io[name]), name, preferred_batch)
-            from .tensorrt import tensorrt_engine
+            from actstream.engines.tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
             return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, threads, name, expect=io[name]),
@@ -447,15 +447,15 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
                                 CPU_VIDEO_BATCH if backend == "onnxruntime" else 0)
         return Engines(enc, make(lambda: model_file(spec.folder, "temporal.onnx"), "temporal", None))
     if backend in ("torch", "torch-cuda"):
-        from .export import temporal_io
-        from .torch_backend import TorchEngine
+        from actstream.engines.export import temporal_io
+        from actstream.engines.torch_backend import TorchEngine
 
         inputs, outputs = temporal_io(spec.new_temporal())
         # weights.pt is read once for both engines that need it (the audio CNN and the temporal network)
         modules = functools.cache(lambda: load_torch_modules(spec))
         pretrained = functools.partial(_load_efficientnet, spec.video.size if spec.video else 224)
         if backend == "torch-cuda":
-            from .torch_cuda import CudaEagerEngine, CudaGraphEngine
+            from actstream.engines.torch_cuda import CudaEagerEngine, CudaGraphEngine
 
             enc = {}
             if "audio" in spec.modalities:
@@ -479,7 +479,7 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
 
 
 def _load_efficientnet(size: int):
-    from . import efficientnet
+    from actstream.engines import efficientnet
 
     return efficientnet.load_pretrained(size)
 

@@ -50,8 +50,8 @@ def video_encoder_onnx(size: int) -> Path:
     path = cache_dir() / "onnx" / f"efficientnet_lite0_{size}_{key}.onnx"
     if path.is_file() and path.stat().st_size > 0:
         return path
-    from . import efficientnet
-    from .export import export_video_encoder
+    from actstream.engines import efficientnet
+    from actstream.engines.export import export_video_encoder
 
     log.info("exporting EfficientNet-Lite0 to %s (once)", path)
     export_video_encoder(efficientnet.load_pretrained(size), size, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import AudioCNN, Temporal
+from actstream.engines.models import AudioCNN, Temporal
 
 OPSET = 17
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .archs import ARCHS, MOTION_ALPHA, VIDEO_DIM, video_motion  # noqa: F401  (defined without torch)
+from actstream.engines.archs import ARCHS, MOTION_ALPHA, VIDEO_DIM, video_motion  # noqa: F401  (defined without torch)
 
 
 def _sep(cin: int, cout: int) -> nn.Sequential:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .base import Engine
+from actstream.engines.base import Engine
 
 log = logging.getLogger(__name__)
 

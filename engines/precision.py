@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stream.config import show_value
-from stream.errors import EngineError
+from actstream.common.files import show_value
+from actstream.common.errors import EngineError
 
-from .cache import file_digest
+from actstream.engines.cache import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def read_gate(folder: Path) -> dict:
     """The calibration record of a model folder ({} when it was never calibrated), its `encoders` checked:
     per encoder, `file` (a file name inside the folder), `passed` (bool), `source` (a digest), `reason`
     (text). Other keys are measurements, kept as they are. One EngineError line otherwise."""
-    from .bundle import model_file, read_json
+    from actstream.engines.bundle import model_file, read_json
 
     fix = "run `actstream calibrate` again or delete it"
     path = model_file(Path(folder), GATE_FILE, "calibration record")

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .base import Engine
-from .trt_build import Progress, build_engine
-from .trt_cache import (BUILDER_FORMAT, MAGIC, MAX_BATCH, PRECISIONS, EngineFileError, Shapes, engine_key,
+from actstream.engines.base import Engine
+from actstream.engines.trt_build import Progress, build_engine
+from actstream.engines.trt_cache import (BUILDER_FORMAT, MAGIC, MAX_BATCH, PRECISIONS, EngineFileError, Shapes, engine_key,
                         engine_path, profile_shapes, read_engine_file, timing_cache_path, write_engine_file)
-from .trt_run import TensorRTEngine
+from actstream.engines.trt_run import TensorRTEngine
 
 __all__ = ["BUILDER_FORMAT", "INSTALL_HINT", "MAGIC", "MAX_BATCH", "PRECISIONS", "EngineFileError", "GpuInfo",
            "Progress", "SelfHealingEngine", "Shapes", "TensorRTEngine", "build_engine", "current_gpu",
@@ -161,7 +161,7 @@ def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: s
     """The engine `open_engines` gives for --backend tensorrt: TensorRT with ONNX Runtime beside it.
     expect: the inputs/outputs model.json implies, checked against the ONNX file by the ONNX Runtime side at
     load (engines.onnxrt.check_io), before any engine is built from it."""
-    from .onnxrt import OnnxRuntimeEngine
+    from actstream.engines.onnxrt import OnnxRuntimeEngine
 
     return SelfHealingEngine(TensorRTEngine(onnx_path, precision, name=name),
                              OnnxRuntimeEngine(onnx_path, threads, name=name, expect=expect))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Engine
+from actstream.engines.base import Engine
 
 
 class TorchEngine(Engine):

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .base import Engine
+from actstream.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class CudaGraphEngine(Engine):
                     raise EngineError(f"engine {self.name}: uint8 frames given, but it takes preprocessed images")
                 if x.shape[1] <= self.frames.size or x.shape[2] <= self.frames.size:
                     # smaller than the CNN input: OpenCV upscales those bilinearly; do exactly that, on the host
-                    from stream.frontend import preprocess_frame
+                    from actstream.engines.features import preprocess_frame
 
                     x = np.stack([preprocess_frame(f, self.frames) for f in x])
                 else:

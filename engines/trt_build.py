@@ -10,13 +10,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .cache import file_digest
-from .trt_cache import (EngineFileError, Shapes, engine_key, engine_path, profile_shapes, read_engine_file,
+from actstream.engines.cache import file_digest
+from actstream.engines.trt_cache import (EngineFileError, Shapes, engine_key, engine_path, profile_shapes, read_engine_file,
                         timing_cache_path, write_engine_file)
 
-log = logging.getLogger("engines.tensorrt")  # the backend's one logger, as before the split
+log = logging.getLogger(__name__.rpartition(".")[0] + ".tensorrt")  # the backend's one logger, as before the split
 
 Progress = Callable[[float], None]  # fraction of the build done, 0.0 .. 1.0; called with 1.0 when it is built
 
@@ -69,7 +69,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", shapes: Shapes 
     progress: called with the fraction done while TensorRT builds (not when the engine is cached), and
     with 1.0 once built.
     """
-    from .tensorrt import current_gpu, import_tensorrt
+    from actstream.engines.tensorrt import current_gpu, import_tensorrt
 
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)

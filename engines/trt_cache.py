@@ -14,12 +14,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .cache import cache_dir, key_digest
+from actstream.engines.cache import cache_dir, key_digest
 
 if TYPE_CHECKING:
-    from .tensorrt import GpuInfo
+    from actstream.engines.tensorrt import GpuInfo
 
 MAGIC = b"ACTSTRT1"
 BUILDER_FORMAT = 1  # bump when the build options in trt_build change what an engine file holds

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import EngineError
+from actstream.common.errors import EngineError
 
-from .base import Engine
-from .cache import file_digest
-from .trt_build import Progress, build_engine
-from .trt_cache import EngineFileError, Shapes, engine_key, engine_path, profile_shapes, read_engine_file
+from actstream.engines.base import Engine
+from actstream.engines.cache import file_digest
+from actstream.engines.trt_build import Progress, build_engine
+from actstream.engines.trt_cache import EngineFileError, Shapes, engine_key, engine_path, profile_shapes, read_engine_file
 
 
 class TensorRTEngine(Engine):
@@ -32,7 +32,7 @@ class TensorRTEngine(Engine):
         self._engine = None
 
     def key(self) -> tuple[dict, Path]:
-        from .tensorrt import current_gpu, import_tensorrt
+        from actstream.engines.tensorrt import current_gpu, import_tensorrt
 
         trt = import_tensorrt()
         shapes = self.shapes or profile_shapes(self.onnx_path)
@@ -43,7 +43,7 @@ class TensorRTEngine(Engine):
         return build_engine(self.onnx_path, self.precision, self.shapes, progress)
 
     def load(self) -> None:
-        from .tensorrt import import_tensorrt
+        from actstream.engines.tensorrt import import_tensorrt
 
         if self._loaded:
             return

@@ -18,9 +18,9 @@ import logging
 import threading
 import time
 
-from .devices import redact, resolve_camera
-from .errors import SourceError
-from .rings import AudioRing, FrameRing
+from actstream.stream.devices import redact, resolve_camera
+from actstream.common.errors import SourceError
+from actstream.stream.rings import AudioRing, FrameRing
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import zmq
 
-from .errors import ConfigError
-from .publish import MAX_MESSAGE_BYTES
+from actstream.common.errors import ConfigError
+from actstream.stream.publish import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
         given, missing = ("--server-key", "--client-key") if server_key else ("--client-key", "--server-key")
         raise ConfigError(f"{given} was given without {missing}: a CURVE subscriber needs both, the server's "
                           f"public key (server.key) and its own key pair (NAME.key_secret)")
-    from .security import parse_endpoint
+    from actstream.stream.security import parse_endpoint
 
     parse_endpoint(endpoint, bind=False)
     own = ctx is None
@@ -106,7 +106,7 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
     tracker = tracker if tracker is not None else SeqTracker()
     try:
         if server_key or client_key:
-            from .security import apply_client
+            from actstream.stream.security import apply_client
 
             apply_client(sock, server_key, client_key)
         sock.connect(endpoint)

@@ -14,12 +14,13 @@ from typing import Protocol
 
 import numpy as np
 
-from engines.bundle import Engines, ModelSpec
-from engines.archs import VIDEO_DIM, video_motion
-from stream.errors import EngineError
+from actstream.engines.bundle import Engines, ModelSpec
+from actstream.engines.archs import VIDEO_DIM, video_motion
+from actstream.common.errors import EngineError
 
-from .frontend import audio_window, grid_windows, preprocess_frame
-from .steps import Snapshot
+from actstream.stream.frontend import audio_window, grid_windows
+from actstream.engines.features import preprocess_frame
+from actstream.stream.steps import Snapshot
 
 
 @dataclass
@@ -114,7 +115,7 @@ def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
            last_video: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """The encoders over prepared steps: modality -> (T, D) embeddings, and the newest video embedding (a step
     without a new frame reuses the last one). Training computes its cached embeddings with this same function
-    (engines/teach.py). Video motion features, where the model uses them, are added by the recognizer."""
+    (training/teach.py). Video motion features, where the model uses them, are added by the recognizer."""
     clock = time.perf_counter
     embs: dict[str, np.ndarray] = {}
     if inputs.mels is not None:

@@ -10,8 +10,8 @@ import math
 import unicodedata
 from pathlib import Path
 
-from .config import read_small_file, shown_path
-from .errors import ConfigError
+from actstream.common.files import read_small_file, shown_path
+from actstream.common.errors import ConfigError
 
 MAX_FIELD = 4096  # characters in one field (csv's own limit is 131,072)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import SourceError
+from actstream.common.errors import SourceError
 
 RATE = 16000
 FPS = 25
@@ -35,7 +35,7 @@ def _espeak(text: str) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
         subprocess.run([exe, "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True, capture_output=True)
-        from engines.data import load_audio
+        from actstream.stream.sources import load_audio
 
         return load_audio(wav, RATE)
 

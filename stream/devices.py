@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SourceError
+from actstream.common.errors import SourceError
 
 V4L_SYSFS = Path("/sys/class/video4linux")
 

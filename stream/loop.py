@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core import LabelPolicy, Prepare, StageTimes
-from .publish import Publisher
-from .steps import Source, Step, chunks, prefetch, steps
+from actstream.stream.core import LabelPolicy, Prepare, StageTimes
+from actstream.stream.publish import Publisher
+from actstream.stream.steps import Source, Step, chunks, prefetch, steps
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .errors import ConfigError
+from actstream.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

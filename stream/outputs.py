@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import ConfigError
+from actstream.common.errors import ConfigError
 
 MAX_FOLDER_FILES = 10_000  # files of an input folder (a model folder) compared against the outputs
 _DEV_FULL = os.makedev(1, 7)  # Linux /dev/full: every write fails with ENOSPC

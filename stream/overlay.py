@@ -103,7 +103,7 @@ class Window:
     def __init__(self, title: str):
         import os
 
-        from .errors import ConfigError
+        from actstream.common.errors import ConfigError
 
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             raise ConfigError("--show needs a display (DISPLAY is not set): use --annotate OUT.mp4 or --plot OUT.png")
@@ -137,9 +137,9 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     """
     import av
 
-    from .demo import MediaWriter
-    from .errors import SourceError
-    from .sources import _open_container
+    from actstream.stream.demo import MediaWriter
+    from actstream.common.errors import SourceError
+    from actstream.stream.sources import _open_container
 
     timed = sorted(messages, key=lambda m: m["t"])
     final = OverlayState()  # every topic the run published: the panel's height from the first frame on

@@ -12,12 +12,12 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import Config
-from .errors import PublishError
+from actstream.stream.config import Config
+from actstream.common.errors import PublishError
 
 if TYPE_CHECKING:  # numpy is first imported after the CLI has set its thread variables (cli.main)
-    from .loop import RunSummary
-    from .steps import Source
+    from actstream.stream.loop import RunSummary
+    from actstream.stream.steps import Source
 
 log = logging.getLogger("actstream")
 
@@ -55,11 +55,11 @@ def inference_threads(cfg: Config, spec, batched: bool) -> int:
 
 def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
     """Wire a source to the core and the publisher, run until the end or a signal, shut down in order."""
-    from engines.bundle import load_spec, open_engines
+    from actstream.engines.bundle import load_spec, open_engines
 
-    from .core import LabelPolicy, recognizer_for
-    from .loop import StepLoop
-    from .publish import Publisher
+    from actstream.stream.core import LabelPolicy, recognizer_for
+    from actstream.stream.loop import StepLoop
+    from actstream.stream.publish import Publisher
 
     spec = load_spec(cfg.model.path)
     step_ms = cfg.step.resolve(spec.step_ms, spec.name)
@@ -83,13 +83,13 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
             publisher.listeners.append(opts.collect.append)
         publisher.listeners.extend(opts.listeners)
         if opts.metrics_port is not None:
-            from .metrics import Metrics
+            from actstream.stream.metrics import Metrics
 
             metrics = Metrics(opts.metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
             publisher.listeners.append(metrics.listener(wall_clock=opts.realtime or source.live))
             log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
         if opts.show:
-            from .overlay import Window
+            from actstream.stream.overlay import Window
 
             window = Window(f"actstream - {source.name}")
             publisher.listeners.append(window.state.update)

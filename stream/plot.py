@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .csvfile import name, number, read_csv, shown_path
-from .errors import ConfigError
+from actstream.stream.csvfile import name, number, read_csv, shown_path
+from actstream.common.errors import ConfigError
 
 WIDTH_PX, HEIGHT_PX, DPI = 1200, 700, 100
 MAX_TRUTH_BYTES = 4 * 1024 * 1024  # a segment per second of a day of recording is about 2 MB

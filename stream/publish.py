@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, IO
 
-from .errors import PublishError
+from actstream.common.errors import PublishError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Publisher:
 
     def __init__(self, endpoint: str | None, out: str | Path | None, source: str, model: str, hwm: int = 1000,
                  keys: str | None = None, insecure: bool = False):
-        from .security import check_bind
+        from actstream.stream.security import check_bind
 
         self.endpoint = endpoint
         self.source = source
@@ -135,7 +135,7 @@ class Publisher:
                 self._sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
                 self._sock.setsockopt(zmq.RCVBUF, PEER_RCVBUF)
                 if keys:
-                    from .security import CurveServer
+                    from actstream.stream.security import CurveServer
 
                     self._curve = CurveServer(self._ctx, keys)
                     self._curve.apply(self._sock)

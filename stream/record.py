@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.bundle import MAX_LABEL_CHARS
+from actstream.engines.bundle import MAX_LABEL_CHARS
 
-from .errors import ConfigError, SourceError
-from .sources import LiveSource
+from actstream.common.errors import ConfigError, SourceError
+from actstream.stream.sources import LiveSource
 
 log = logging.getLogger(__name__)
 RATE = 16000
@@ -41,7 +41,7 @@ def record(dataset: str | Path, label: str, seconds: float, camera: str, mic: st
     can be known wrong is refused before a device opens or a folder is made."""
     import av
 
-    from .outputs import check_output_folder
+    from actstream.stream.outputs import check_output_folder
 
     check_label(label)
     if not 0 < seconds <= 3600:

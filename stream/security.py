@@ -21,8 +21,8 @@ import re
 import time
 from pathlib import Path
 
-from .config import read_small_text
-from .errors import ConfigError
+from actstream.common.files import read_small_text
+from actstream.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import file_kind
-from .errors import SourceError
-from .rings import AudioRing, FrameRing
-from .steps import Snapshot
+from actstream.common.files import file_kind
+from actstream.common.errors import SourceError
+from actstream.stream.rings import AudioRing, FrameRing
+from actstream.stream.steps import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -403,8 +403,8 @@ class LiveSource:
 
     def __init__(self, camera: str, mic: str, sample_rate: int, window_samples: int, frame_ring: int = 8,
                  audio_ring_s: float = 5.0, audio_block_ms: int = 20, stall_s: float = 2.0):
-        from .capture import CameraCapture, MicCapture
-        from .devices import redact
+        from actstream.stream.capture import CameraCapture, MicCapture
+        from actstream.stream.devices import redact
 
         if camera == "none" and mic == "none":
             raise SourceError("both --camera and --mic are none: enable at least one device")
@@ -468,3 +468,19 @@ class LiveSource:
             self.mic.close()
         if self.camera is not None:
             self.camera.close()
+
+
+def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
+    """Decode any audio file to mono float32 at `rate` with PyAV (the same decoder as replay)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise SourceError(f"{path}: has no audio track")
+            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in res.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
+    except av.error.FFmpegError as exc:
+        raise SourceError(f"{path}: cannot be decoded: {exc}") from exc
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)

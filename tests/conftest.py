@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.demo import write_media
+from actstream.stream.demo import write_media
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ACTSTREAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real `actstream` command in a child process."""
-    return subprocess.run([sys.executable, "-m", "stream.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "actstream.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd or ROOT)
 
 

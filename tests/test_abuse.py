@@ -12,8 +12,8 @@ import time
 
 import zmq
 
-from stream.client import SeqTracker, subscribe
-from stream.demo import write_media
+from actstream.stream.client import SeqTracker, subscribe
+from actstream.stream.demo import write_media
 from tests import zmtp
 from tests.conftest import ROOT, free_port, tone_and_noise
 from tests.test_bus import rss_mib
@@ -34,7 +34,7 @@ class Run:
         self.started = threading.Event()
         self.listener = threading.Thread(target=self._listen, daemon=True)
         self.listener.start()
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "replay", str(media), "--realtime",
+        self.proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "replay", str(media), "--realtime",
                                       "--publish", self.endpoint, "--wait-subscriber", "30"], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 

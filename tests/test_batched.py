@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from bench.media import hybrid_model
-from engines.bundle import load_spec, open_engines
-from stream.config import Config
-from stream.core import CausalRecognizer, LabelPolicy
-from stream.loop import StepLoop
-from stream.publish import Publisher
-from stream.sources import FileSource
+from actstream.bench.media import hybrid_model
+from actstream.engines.bundle import load_spec, open_engines
+from actstream.stream.config import Config
+from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.loop import StepLoop
+from actstream.stream.publish import Publisher
+from actstream.stream.sources import FileSource
 from tests.conftest import run_cli
 
 SCORE_TOLERANCE = 1e-3  # probabilities: batch sizes change float rounding only; labels must be equal

@@ -11,10 +11,10 @@ import time
 import pytest
 import zmq
 
-from stream.client import SeqTracker, subscribe
-from stream.errors import ConfigError, PublishError
-from stream.publish import Publisher
-from stream.security import is_local, make_keys
+from actstream.stream.client import SeqTracker, subscribe
+from actstream.common.errors import ConfigError, PublishError
+from actstream.stream.publish import Publisher
+from actstream.stream.security import is_local, make_keys
 from tests.conftest import run_cli
 
 
@@ -218,7 +218,7 @@ def test_curve_only_listed_clients_receive(curve_keys, port):
     endpoint = f"tcp://127.0.0.1:{port}"
     pub = Publisher(endpoint, None, "test", "m@0", keys=str(keys))
     ctx = zmq.Context()
-    from stream.security import apply_client
+    from actstream.stream.security import apply_client
 
     def sub(server_key=None, client_key=None):
         s = ctx.socket(zmq.SUB)
@@ -275,7 +275,7 @@ def test_listen_with_keys_over_curve(curve_keys, media, port, tmp_path):
 
     keys, _ = curve_keys
     endpoint = f"tcp://127.0.0.1:{port}"
-    listener = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--until-end",
+    listener = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--until-end",
                                  "--timeout", "30", "--server-key", str(keys / "server.key"),
                                  "--client-key", str(keys / "allowed.key_secret")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
@@ -310,7 +310,7 @@ def test_a_frame_claiming_1gib_before_curve_authentication_is_dropped_unbuffered
     """Raw TCP peers send a CURVE greeting, then a frame header claiming 1 GiB, then stream bytes of it: the
     publisher drops each connection at the header (nothing buffered), and the allowed client gets every
     message."""
-    from stream.security import apply_client
+    from actstream.stream.security import apply_client
     from tests import zmtp
 
     keys, _ = curve_keys
@@ -473,7 +473,7 @@ def test_listen_skips_and_counts_bad_messages_and_prints_valid_json(port):
            {"v": 1, "topic": "status", "seq": 1, "t": 1.0, "state": "end", "steps": 3}]
     for fmt in ("json", "text"):
         pub = RawPublisher(port)
-        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--format", fmt,
+        proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", fmt,
                                  "--until-end", "--timeout", "20"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
         try:
@@ -509,8 +509,8 @@ def test_listen_refuses_half_a_key_pair(curve_keys):
 
 
 def test_endpoints_and_ports_are_checked_at_the_edge(media, port):
-    from stream.metrics import Metrics
-    from stream.security import parse_endpoint
+    from actstream.stream.metrics import Metrics
+    from actstream.stream.security import parse_endpoint
 
     # ZeroMQ took :99999 as port 34463
     for bad, why in ((f"tcp://127.0.0.1:99999", "port 99999 is out of range"), ("tcp://127.0.0.1:0x10", "not a valid"),

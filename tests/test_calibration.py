@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.calibrate import calibrate
-from calibration.gate import Margin, agreement, cosine, decide
-from engines.bundle import ModelSpec, load_spec, save_model
-from engines.precision import encoder_file
-from stream.demo import write_media
-from stream.frontend import AudioFeatures
+from actstream.calibration.calibrate import calibrate
+from actstream.calibration.gate import Margin, agreement, cosine, decide
+from actstream.engines.bundle import ModelSpec, load_spec, save_model
+from actstream.engines.precision import encoder_file
+from actstream.stream.demo import write_media
+from actstream.engines.features import AudioFeatures
 from tests.conftest import run_cli, tone_and_noise
 
 
@@ -63,7 +63,7 @@ def test_calibrate_gates_int8_and_precision_follows_the_gate(small, tmp_path, ca
     assert (folder / "audio_encoder.trt.cache").read_text().startswith("TRT-")
     fp32 = folder / "audio_encoder.onnx"
     assert encoder_file(folder, "audio", fp32, "auto") == fp32  # refused: auto stays FP32
-    with caplog.at_level(logging.WARNING, logger="engines.precision"):
+    with caplog.at_level(logging.WARNING, logger="actstream.engines.precision"):
         assert encoder_file(folder, "audio", fp32, "int8") == folder / "audio_encoder.int8.onnx"
     assert "failed the accuracy gate" in caplog.text
 
@@ -78,7 +78,7 @@ def test_calibrate_gates_int8_and_precision_follows_the_gate(small, tmp_path, ca
     spec = load_spec(str(folder))
     torch.manual_seed(1)
     save_model(spec, folder, spec.new_audio_cnn().eval(), spec.new_temporal())
-    with caplog.at_level(logging.WARNING, logger="engines.precision"):
+    with caplog.at_level(logging.WARNING, logger="actstream.engines.precision"):
         assert encoder_file(folder, "audio", fp32, "auto") == fp32
     assert "calibrated from another FP32 model" in caplog.text
 

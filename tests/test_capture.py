@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from stream.capture import Backoff, CameraCapture, MicCapture
-from stream.devices import redact, resolve_camera
-from stream.errors import SourceError
+from actstream.stream.capture import Backoff, CameraCapture, MicCapture
+from actstream.stream.devices import redact, resolve_camera
+from actstream.common.errors import SourceError
 from tests.conftest import run_cli
 from tests.livekit import MjpegServer, write_wav
 

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from stream.config import MAX_CONFIG_BYTES, Config, load_config
-from stream.errors import ConfigError
+from actstream.stream.config import MAX_CONFIG_BYTES, Config, load_config
+from actstream.common.errors import ConfigError
 from tests.conftest import ROOT, run_cli
 
 

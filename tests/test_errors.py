@@ -106,7 +106,7 @@ def test_short_recordings_that_give_a_label_still_run(tmp_path):
     # a model trained at 50 ms steps (its model.json says so) labels a 50 ms recording once
     import shutil
 
-    from engines.bundle import SHIPPED
+    from actstream.engines.bundle import SHIPPED
 
     fast = tmp_path / "fast"
     shutil.copytree(SHIPPED / "default", fast)
@@ -123,9 +123,9 @@ def test_a_step_other_than_the_models_is_refused(tmp_path):
 
 
 def test_a_one_frame_video_is_refused(tmp_path):
-    from stream.demo import write_media
-    from stream.errors import SourceError
-    from stream.sources import FileSource
+    from actstream.stream.demo import write_media
+    from actstream.common.errors import SourceError
+    from actstream.stream.sources import FileSource
     from tests.conftest import moving_frames
 
     p = write_media(tmp_path / "one.mp4", moving_frames(1), None)  # one frame at 25 fps: 40 ms

@@ -11,9 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from stream.demo import write_media
-from stream.errors import SourceError
-from stream.sources import FileSource
+from actstream.stream.demo import write_media
+from actstream.common.errors import SourceError
+from actstream.stream.sources import FileSource
 from tests.conftest import ROOT, moving_frames, run_cli, tone_and_noise
 from tests.test_errors import one_line_error
 
@@ -36,7 +36,7 @@ def test_out_on_a_full_disk(media, port, tmp_path):
     import sys
 
     out = tmp_path / "o.jsonl"
-    r = subprocess.run([sys.executable, "-m", "stream.cli", "replay", str(media["wav"]), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "actstream.cli", "replay", str(media["wav"]), "--out", str(out),
                         "--publish", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
                        cwd=ROOT, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))
     assert r.returncode == 2 and "Traceback" not in r.stderr

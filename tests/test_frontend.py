@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stream.frontend import (AudioFeatures, VideoFeatures, audio_window, hz_to_mel, logmel, mel_filterbank,
-                             preprocess_frame, step_windows)
+from actstream.engines.features import AudioFeatures, VideoFeatures, preprocess_frame
+from actstream.stream.frontend import audio_window, hz_to_mel, logmel, mel_filterbank, step_windows
 
 SPEC = AudioFeatures()
 

@@ -20,14 +20,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engines.bundle import SHIPPED, expected_io, load_spec
-from engines.onnxrt import check_io
-from engines.precision import encoder_file
-from stream.config import config_from_dict, load_config
-from stream.demo import write_media
-from stream.errors import ConfigError, EngineError, SourceError
-from stream.frontend import logmel
-from stream.sources import FileSource
+from actstream.engines.bundle import SHIPPED, expected_io, load_spec
+from actstream.engines.onnxrt import check_io
+from actstream.engines.precision import encoder_file
+from actstream.stream.config import config_from_dict, load_config
+from actstream.stream.demo import write_media
+from actstream.common.errors import ConfigError, EngineError, SourceError
+from actstream.stream.frontend import logmel
+from actstream.stream.sources import FileSource
 from tests.conftest import moving_frames, tone_and_noise
 
 HANG_S = 10  # one input taking longer than this is a hang

@@ -16,8 +16,8 @@ import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.client import SeqTracker
-from stream.publish import Publisher
+from actstream.stream.client import SeqTracker
+from actstream.stream.publish import Publisher
 from tests import zmtp
 from tests.conftest import free_port
 from tests.test_fuzz import FAST, SLOW

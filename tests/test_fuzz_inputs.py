@@ -1,4 +1,4 @@
-"""Fuzzing the readers of the CSV files a user hands in: training manifests (engines/teach.read_dataset) and
+"""Fuzzing the readers of the CSV files a user hands in: training manifests (training/teach.read_dataset) and
 truth files (stream/plot.read_truth), from random bytes, random CSV-ish text and mutations of good files.
 Every input is either read or refused with one line (ConfigError/SourceError); nothing else escapes.
 
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engines.teach import read_dataset
-from stream.errors import ConfigError, SourceError
-from stream.plot import read_truth
+from actstream.training.teach import read_dataset
+from actstream.common.errors import ConfigError, SourceError
+from actstream.stream.plot import read_truth
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SLOW = settings(max_examples=int(os.environ.get("ACTSTREAM_FUZZ_EXAMPLES", 100_000)), deadline=None,

@@ -5,8 +5,8 @@ import json
 
 import torch
 
-from engines.bundle import ModelSpec, save_model
-from stream.frontend import VideoFeatures
+from actstream.engines.bundle import ModelSpec, save_model
+from actstream.engines.features import VideoFeatures
 from tests.conftest import run_cli
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from stream.client import SeqTracker, subscribe
+from actstream.stream.client import SeqTracker, subscribe
 from tests.conftest import ROOT
 from tests.livekit import MjpegServer, write_wav
 
@@ -23,15 +23,15 @@ RATE = 16000
 
 
 def start_live(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "stream.cli", "live", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "actstream.cli", "live", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory):
     """Three seconds of silence, synthesized speech, two seconds of silence (16 kHz mono wav)."""
-    from stream.demo import _espeak
-    from stream.errors import SourceError
+    from actstream.stream.demo import _espeak
+    from actstream.common.errors import SourceError
 
     try:
         speech = _espeak("The quick brown fox jumps over the lazy dog, and then it runs away.")
@@ -109,8 +109,8 @@ def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, mo
     """A hybrid model on an HTTP camera and the pulse microphone. The camera goes away for three seconds:
     the status says so, labels keep coming every step (audio and the last video embedding), and the
     camera is reconnected when it is back."""
-    from engines.bundle import ModelSpec, load_spec, save_model
-    from stream.frontend import VideoFeatures
+    from actstream.engines.bundle import ModelSpec, load_spec, save_model
+    from actstream.engines.features import VideoFeatures
 
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
     spec = ModelSpec(name="hybrid-live", arch="hybrid", heads={"activity": ["a", "b"]},
@@ -160,7 +160,7 @@ def test_late_joiner_gets_the_current_labels_at_once(pulse, port):
         probe = Listener(endpoint)
         probe.start()
         probe.wait_for(lambda m: m["topic"] == "speech" and m["seq"] >= 30, 60, "three seconds of steps")
-        r = subprocess.run([sys.executable, "-m", "stream.cli", "listen", endpoint, "--topic", "speech",
+        r = subprocess.run([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--topic", "speech",
                             "--topic", "status", "--count", "6", "--timeout", "10"], capture_output=True, text=True,
                            cwd=ROOT, timeout=30)
     finally:

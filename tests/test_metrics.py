@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from engines.metrics import binary_f1, confusion, onset_latency, per_class, segments
+from actstream.evaluation.metrics import binary_f1, confusion, onset_latency, per_class, segments
 
 
 def test_binary_f1_by_hand():

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.bundle import MAX_JSON_BYTES, RESERVED_TOPICS, SHIPPED, load_spec, open_engines
-from engines.precision import encoder_file, read_gate
-from stream.errors import EngineError
+from actstream.engines.bundle import MAX_JSON_BYTES, RESERVED_TOPICS, SHIPPED, load_spec, open_engines
+from actstream.engines.precision import encoder_file, read_gate
+from actstream.common.errors import EngineError
 from tests.conftest import run_cli
 from tests.test_errors import one_line_error
 
@@ -118,7 +118,7 @@ def test_the_shipped_model_passes_the_schema():
 
 
 def test_reserved_topics_are_the_publishers():
-    from stream.publish import TOPICS_FIXED
+    from actstream.stream.publish import TOPICS_FIXED
 
     assert RESERVED_TOPICS == TOPICS_FIXED
 
@@ -273,7 +273,7 @@ def test_a_good_int8_json_still_works(folder):
 
 @pytest.mark.parametrize("body", [os.urandom(4096), b"", b"PK\x03\x04" + bytes(500), b"\x80\x02}q\x00."])
 def test_corrupt_weights_are_one_line(folder, body):
-    from engines.bundle import load_torch_modules
+    from actstream.engines.bundle import load_torch_modules
 
     (folder / "weights.pt").write_bytes(body)
     with pytest.raises(EngineError) as exc:
@@ -292,7 +292,7 @@ def test_a_model_name_too_long_for_the_file_system_is_one_line():
 
 
 def test_heads_that_disagree_with_the_weights_are_one_line(folder):
-    from engines.bundle import load_torch_modules
+    from actstream.engines.bundle import load_torch_modules
 
     write_spec(folder, lambda s: s["heads"]["activity"].pop())
     with pytest.raises(EngineError) as exc:

@@ -2,7 +2,7 @@
 cannot be written are refused before the run, truth files and manifests are checked whole before any work,
 and --annotate streams its frames (memory does not grow with the video's length).
 
-Refusals run `stream.cli.main` in this process (exit status and the one stderr line are what a user sees);
+Refusals run `actstream.cli.main` in this process (exit status and the one stderr line are what a user sees);
 the runs that must work, and the memory measurement, run the real command in a child process."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from engines.teach import read_dataset
-from stream.cli import main
-from stream.demo import write_media
-from stream.errors import ConfigError
-from stream.plot import read_truth
+from actstream.training.teach import read_dataset
+from actstream.cli import main
+from actstream.stream.demo import write_media
+from actstream.common.errors import ConfigError
+from actstream.stream.plot import read_truth
 from tests.conftest import ROOT, moving_frames, run_cli, tone_and_noise
 
 SUMMARY = "steps, "  # in the run's summary line on stderr: present only when a run happened

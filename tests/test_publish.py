@@ -4,7 +4,7 @@ from pathlib import Path
 
 import jsonschema
 
-from stream.client import subscribe
+from actstream.stream.client import subscribe
 from tests.conftest import ROOT, run_cli
 
 SCHEMA = json.loads((ROOT / "stream" / "schema.json").read_text())
@@ -41,7 +41,7 @@ def test_listen_prints_json_lines_and_filters_topics(media, port):
     import sys
 
     endpoint = f"tcp://127.0.0.1:{port}"
-    listener = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--topic", "speech",
+    listener = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--topic", "speech",
                                  "--count", "5"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     r = run_cli("replay", str(media["mp4"]), "--publish", endpoint, "--wait-subscriber", "20", "--realtime")
     out, _ = listener.communicate(timeout=30)

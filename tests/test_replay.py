@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from engines.bundle import load_spec, open_engines
-from stream.config import PolicyConfig
-from stream.core import CausalRecognizer, LabelPolicy
-from stream.sources import FileSource
+from actstream.engines.bundle import load_spec, open_engines
+from actstream.stream.config import PolicyConfig
+from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.sources import FileSource
 from tests.conftest import need_shared, run_cli
 
 
@@ -85,14 +85,14 @@ def test_stepped_core_equals_whole_sequence_through_both_backends(media):
 
 
 def _mel(spec, audio):
-    from stream.frontend import audio_window
+    from actstream.stream.frontend import audio_window
 
     return audio_window(audio, spec.audio)[None]
 
 
 def test_policy_hysteresis_and_hold():
     """Drive the label policy directly with hand-made probabilities."""
-    from stream.core import _HeadPolicy
+    from actstream.stream.core import _HeadPolicy
 
     cfg = PolicyConfig(smoothing=0.6, enter=0.5, exit=0.4, switch_steps=2, min_hold_ms=300)
     p = _HeadPolicy(["no_speech", "speech"], cfg)
@@ -108,8 +108,8 @@ def test_policy_hysteresis_and_hold():
 def test_speech_labels_follow_real_speech(tmp_path):
     """A real LibriSpeech test-other utterance (held out) after 3 s of silence: speech comes on with it."""
     wav = need_shared("audio", "librispeech_test_other", "speech", "1688-142285-0000.wav")
-    from engines.data import load_audio
-    from stream.demo import write_media
+    from actstream.stream.sources import load_audio
+    from actstream.stream.demo import write_media
 
     speech = load_audio(wav)
     x = np.concatenate([np.zeros(48000, np.float32), speech, np.zeros(48000, np.float32)])

@@ -1,6 +1,6 @@
 import numpy as np
 
-from stream.rings import AudioRing, FrameRing
+from actstream.stream.rings import AudioRing, FrameRing
 
 
 def frame(v):

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from stream.client import SeqTracker, subscribe
-from stream.demo import write_media
+from actstream.stream.client import SeqTracker, subscribe
+from actstream.stream.demo import write_media
 from tests.conftest import ROOT, tone_and_noise
 
 
@@ -53,7 +53,7 @@ def test_soak_paced_replay_with_a_subscriber(tmp_path, port):
 
     th = threading.Thread(target=listen, daemon=True)
     th.start()
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "replay", str(media), "--realtime",
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "replay", str(media), "--realtime",
                              "--publish", endpoint, "--wait-subscriber", "30"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     warmup = min(60.0, seconds * 0.2)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from engines.bundle import load_spec, load_torch_modules
-from engines.onnxrt import OnnxRuntimeEngine
-from engines.teach import read_dataset
-from stream.demo import write_media
-from stream.errors import ConfigError
+from actstream.engines.bundle import load_spec, load_torch_modules
+from actstream.engines.onnxrt import OnnxRuntimeEngine
+from actstream.training.teach import read_dataset
+from actstream.stream.demo import write_media
+from actstream.common.errors import ConfigError
 from tests.conftest import run_cli
 
 

@@ -7,10 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from engines.bundle import load_spec, open_engines
-from engines.onnxrt import OnnxRuntimeEngine
-from engines.tensorrt import (EngineFileError, GpuInfo, SelfHealingEngine, engine_key, engine_path, profile_shapes,
-                              read_engine_file, write_engine_file)
+from actstream.engines.bundle import load_spec, open_engines
+from actstream.engines.onnxrt import OnnxRuntimeEngine
+from actstream.engines.tensorrt import (EngineFileError, GpuInfo, SelfHealingEngine, engine_key, engine_path, profile_shapes, read_engine_file, write_engine_file)
 from tests.conftest import run_cli
 
 H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
@@ -102,7 +101,7 @@ def test_corrupt_engine_is_rebuilt_in_the_background_while_onnxruntime_serves(tm
     primary = FileBackedEngine(onnx, path, _key())
     eng = SelfHealingEngine(primary, OnnxRuntimeEngine(onnx, threads=1))
     x = {"logmel": np.random.default_rng(0).standard_normal((2, 96, 64)).astype(np.float32) - 8}
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt"):
+    with caplog.at_level(logging.WARNING, logger="actstream.engines.tensorrt"):
         eng.load()
         first = eng.run(x)["embedding"]  # served at once, by ONNX Runtime, while the build runs
     assert eng.backend == "onnxruntime"
@@ -124,7 +123,7 @@ def test_failed_rebuild_and_failing_engine_never_stop_the_stream(tmp_path, caplo
 
     eng = SelfHealingEngine(Broken(onnx, tmp_path / "none.engine", _key()), OnnxRuntimeEngine(onnx, threads=1))
     x = {"logmel": np.zeros((1, 96, 64), np.float32)}
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt"):
+    with caplog.at_level(logging.WARNING, logger="actstream.engines.tensorrt"):
         eng.load()
         assert not eng.wait_built(10.0)
         assert eng.run(x)["embedding"].shape == (1, load_spec("default").audio_dim)
@@ -142,7 +141,7 @@ def test_tensorrt_backend_without_tensorrt_falls_back_with_a_warning(tmp_path, c
     spec = load_spec("default")
     trt = open_engines(spec, "tensorrt", threads=1)
     ort = open_engines(spec, "onnxruntime", threads=1, precision="fp32")
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt"):
+    with caplog.at_level(logging.WARNING, logger="actstream.engines.tensorrt"):
         trt.load()
     ort.load()
     assert "TensorRT is not installed" in caplog.text and "pip install actstream[gpu]" in caplog.text
@@ -167,8 +166,8 @@ def test_build_command_says_tensorrt_is_missing():
 def test_build_progress_is_a_callback_and_engines_draw_nothing():
     from pathlib import Path
 
-    import engines
-    from engines.trt_build import _Phases
+    from actstream import engines
+    from actstream.engines.trt_build import _Phases
 
     seen = []
     phases = _Phases(seen.append)

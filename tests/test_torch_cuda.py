@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.torch_cuda import area_resize, area_weights
-from stream.frontend import VideoFeatures, preprocess_frame
+from actstream.engines.torch_cuda import area_resize, area_weights
+from actstream.engines.features import VideoFeatures, preprocess_frame
 
 
 @pytest.mark.parametrize("shape", [(240, 320), (480, 640), (720, 1280)])
@@ -24,8 +24,8 @@ def test_area_resize_is_opencvs_inter_area(shape):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
 def test_torch_cuda_engines_match_onnxruntime(tmp_path, monkeypatch):
-    from bench.media import hybrid_model
-    from engines.bundle import load_spec, open_engines
+    from actstream.bench.media import hybrid_model
+    from actstream.engines.bundle import load_spec, open_engines
 
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
     spec = load_spec(str(hybrid_model(tmp_path / "hybrid")))

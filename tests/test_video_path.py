@@ -5,11 +5,11 @@ import json
 import numpy as np
 import torch
 
-from engines.bundle import ModelSpec, load_spec, load_torch_modules, save_model
-from engines.cache import video_encoder_onnx
-from engines.efficientnet import load_pretrained
-from engines.onnxrt import OnnxRuntimeEngine
-from stream.frontend import VideoFeatures, preprocess_frame
+from actstream.engines.bundle import ModelSpec, load_spec, load_torch_modules, save_model
+from actstream.engines.cache import video_encoder_onnx
+from actstream.engines.efficientnet import load_pretrained
+from actstream.engines.onnxrt import OnnxRuntimeEngine
+from actstream.engines.features import VideoFeatures, preprocess_frame
 from tests.conftest import moving_frames, run_cli
 
 

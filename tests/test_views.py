@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 
-from stream.overlay import BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size, render
+from actstream.stream.overlay import BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size, render
 from tests.conftest import ROOT, run_cli
 
 
@@ -63,14 +63,14 @@ def test_annotated_video_plot_and_truth(tmp_path, media):
 
 def test_show_without_a_display_is_a_clear_error(media, monkeypatch):
     env_display = {"DISPLAY": "", "WAYLAND_DISPLAY": ""}
-    r = subprocess.run([sys.executable, "-m", "stream.cli", "replay", str(media["wav"]), "--publish", "none",
+    r = subprocess.run([sys.executable, "-m", "actstream.cli", "replay", str(media["wav"]), "--publish", "none",
                         "--show"], capture_output=True, text=True, cwd=ROOT,
                        env={**__import__("os").environ, **env_display})
     assert r.returncode == 2 and "--show needs a display" in r.stderr
 
 
 def test_prometheus_endpoint_serves_the_named_metrics(media, port):
-    proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "replay", str(media["mp4"]), "--realtime",
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "replay", str(media["mp4"]), "--realtime",
                              "--publish", "none", "--metrics-port", str(port)], cwd=ROOT, stderr=subprocess.PIPE,
                             text=True)
     body = ""

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from stream.frontend import AudioFeatures, step_windows
+from actstream.engines.features import AudioFeatures
+from actstream.stream.frontend import step_windows
 
-from .bundle import DEFAULT_STEP_MS, ModelSpec, save_model
-from .fit import class_weights, fit_temporal, plot_history
-from .data import ACTIVITY_CLASSES, SPEECH_CLASSES, Clip, make_timeline, shared_clips
+from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, save_model
+from actstream.training.fit import class_weights, fit_temporal, plot_history
+from actstream.training.data import ACTIVITY_CLASSES, SPEECH_CLASSES, Clip, make_timeline, shared_clips
 
 log = logging.getLogger(__name__)
 

@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream.csvfile import shown_path
-from stream.errors import ConfigError, SourceError
-from stream.core import Prepare, StageTimes, encode
-from stream.frontend import VideoFeatures
-from stream.sources import FileSource
-from stream.steps import Snapshot, steps
+from actstream.stream.csvfile import shown_path
+from actstream.common.errors import ConfigError, SourceError
+from actstream.stream.core import Prepare, StageTimes, encode
+from actstream.engines.features import VideoFeatures
+from actstream.stream.sources import FileSource
+from actstream.stream.steps import Snapshot, steps
 
-from .bundle import (DEFAULT_STEP_MS, MAX_LABEL_CHARS as MAX_LABEL, MAX_LOOKAHEAD, ModelSpec, load_spec, load_torch_modules,
-                     open_engines, save_model)
-from .cache import cache_dir, file_digest, key_digest
-from .fit import class_weights, fit_temporal, plot_history
-from .models import ARCHS, video_motion
+from actstream.engines.bundle import (DEFAULT_STEP_MS, MAX_LABEL_CHARS as MAX_LABEL, MAX_LOOKAHEAD, ModelSpec, load_spec, load_torch_modules, open_engines, save_model)
+from actstream.engines.cache import cache_dir, file_digest, key_digest
+from actstream.training.fit import class_weights, fit_temporal, plot_history
+from actstream.engines.models import ARCHS, video_motion
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def _media_file(p: Path, where: str) -> Path:
 
 def _manifest_items(path: Path) -> list[Item]:
     """Every row of a manifest CSV checked before any recording is read: one line names the row at fault."""
-    from stream.csvfile import name, number, read_csv
+    from actstream.stream.csvfile import name, number, read_csv
 
     rows = read_csv(path, "manifest", "path,label[,start,end][,group]", {"path", "label"},
                     {"path", "label", "start", "end", "group"}, MAX_MANIFEST_BYTES, MAX_ITEMS)
@@ -217,7 +216,7 @@ def _split_groups(items: list[Item], rng: np.random.Generator) -> set[str]:
 def _probe_tracks(items: list[Item], arch: str) -> None:
     """Each recording opens as media and has the tracks the architecture needs: known in milliseconds per file,
     before the first embedding rather than in the middle of them."""
-    from stream.sources import _open_container
+    from actstream.stream.sources import _open_container
 
     needs = [m for m in ("audio", "video") if m in ARCHS[arch]]
     for item in items:
@@ -238,7 +237,7 @@ MAX_EPOCHS = 10_000
 def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):
     """Everything `train` can know is wrong before it trains: the arguments, the output folder, the whole
     dataset. Returns (items, base model spec)."""
-    from stream.outputs import check_output_folder
+    from actstream.stream.outputs import check_output_folder
 
     if arch not in ARCHS:
         raise ConfigError(f"--arch {arch!r} unknown: expected one of {', '.join(ARCHS)}")

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.config import PolicyConfig
-from stream.core import CausalRecognizer, LabelPolicy
-from stream.sources import ArraySource
-from stream.steps import steps
-from stream.errors import ConfigError
+from actstream.stream.config import PolicyConfig
+from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.sources import ArraySource
+from actstream.stream.steps import steps
+from actstream.common.errors import ConfigError
 
-from .bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
-from .data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, load_audio, make_timeline
-from .metrics import binary_f1, confusion, onset_latency, per_class
+from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
+from actstream.stream.sources import load_audio
+from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, make_timeline
+from actstream.evaluation.metrics import binary_f1, confusion, onset_latency, per_class
 
 log = logging.getLogger(__name__)
 STEP_S = DEFAULT_STEP_MS / 1000.0  # the truth of the mixed timelines is per 100 ms step (data.make_timeline)
@@ -91,7 +92,7 @@ MANIFESTS = ("librispeech_test_other", "fsdd", "dcase2016_task2")
 
 def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: float) -> None:
     """What eval can know is wrong before it loads a clip: the counts, the data folder, the output folder."""
-    from stream.outputs import check_output_folder
+    from actstream.stream.outputs import check_output_folder
 
     if not 1 <= timelines <= MAX_TIMELINES:
         raise ConfigError(f"--timelines {timelines} out of range: expected 1 to {MAX_TIMELINES}")
@@ -175,7 +176,7 @@ def clip_accuracy(spec: ModelSpec, engines, events: list[Clip], policy_cfg: Poli
                   rng: np.random.Generator) -> dict:
     """Each event clip alone in quiet background: the class with the highest mean activity probability over
     the clip (and 0.5 s after it), quiet excluded, is the model's answer."""
-    from .data import background
+    from actstream.training.data import background
 
     classes = spec.heads["activity"]
     quiet = classes.index(QUIET) if QUIET in classes else None

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import SourceError
+from actstream.common.errors import SourceError
+from actstream.stream.sources import load_audio
 
 QUIET = "quiet"
 SPEAKING = "speaking"
@@ -24,22 +25,6 @@ SPEECH_CLASSES = ["no_speech", "speech"]
 # The held-out test splits of ../shared/data: never trained or tuned on.
 TEST_SPLITS = {"librispeech_test_other": None, "dcase2016_task2": {"fold5"}, "fsdd": {"theo", "yweweler"},
                "kth": {"person04"}, "grid_av": None}
-
-
-def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
-    """Decode any audio file to mono float32 at `rate` with PyAV (the same decoder as replay)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise SourceError(f"{path}: has no audio track")
-            res = av.AudioResampler(format="flt", layout="mono", rate=rate)
-            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in res.resample(frame)]
-            chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
-    except av.error.FFmpegError as exc:
-        raise SourceError(f"{path}: cannot be decoded: {exc}") from exc
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
 
 
 @dataclass

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .config import Config, load_config
-from .errors import ActstreamError, ConfigError, PublishError, SourceError
-from .pipeline import RunOptions, run_pipeline
+from actstream.stream.config import Config, load_config
+from actstream.common.errors import ActstreamError, ConfigError, PublishError, SourceError
+from actstream.stream.pipeline import RunOptions, run_pipeline
 
 log = logging.getLogger("actstream")
 
@@ -48,7 +48,7 @@ ANNOTATE_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
 def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
     """Before any work: no output on an input (the media, --config, the model folder's files, the keys folder)
     or on another output, and every output writable (stream/outputs.py)."""
-    from .outputs import check_outputs, folder_inputs
+    from actstream.stream.outputs import check_outputs, folder_inputs
 
     keys = cfg.publish.keys or None
     check_outputs(outputs, {**inputs, "a file of the model folder": folder_inputs(spec.folder),
@@ -59,15 +59,15 @@ def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
 def _check_metrics_port(port: int | None) -> None:
     """--metrics-port checked before the engines load, not when the server starts."""
     if port is not None:
-        from .metrics import check_port
+        from actstream.stream.metrics import check_port
 
         check_port(port)
 
 
 def cmd_replay(args) -> int:
-    from engines.bundle import load_spec
+    from actstream.engines.bundle import load_spec
 
-    from .sources import FileSource
+    from actstream.stream.sources import FileSource
 
     cfg = _apply_common(load_config(args.config), args)
     cfg = cfg.override("replay", realtime=True if args.realtime else None,
@@ -89,7 +89,7 @@ def cmd_replay(args) -> int:
                           f"end the name with {', '.join(ANNOTATE_SUFFIXES)}")
     truth = None
     if args.truth:
-        from .plot import read_truth
+        from actstream.stream.plot import read_truth
 
         truth = read_truth(args.truth)  # all of it checked now, not after the run
     audio = spec.audio
@@ -113,11 +113,11 @@ def cmd_replay(args) -> int:
                         collect=messages, listeners=_replay_progress(source.duration)))
     _print_summary(summary)
     if args.plot:
-        from .plot import plot_messages
+        from actstream.stream.plot import plot_messages
 
         _written("--plot", args.plot, lambda: plot_messages(messages, args.plot, truth))
     if args.annotate:
-        from .overlay import annotate
+        from actstream.stream.overlay import annotate
 
         _written("--annotate", args.annotate, lambda: annotate(args.path, messages, args.annotate))
     if getattr(args, "stats", None):
@@ -154,9 +154,9 @@ def _check_modalities(spec, has_audio: bool, has_video: bool, what: str) -> None
 
 
 def cmd_live(args) -> int:
-    from engines.bundle import load_spec
+    from actstream.engines.bundle import load_spec
 
-    from .sources import LiveSource
+    from actstream.stream.sources import LiveSource
 
     cfg = _apply_common(load_config(args.config), args)
     cfg = cfg.override("live", camera=args.camera, mic=args.mic, seconds=args.seconds)
@@ -208,7 +208,7 @@ def cmd_listen(args) -> int:
 
     import zmq
 
-    from .client import SeqTracker, subscribe
+    from actstream.stream.client import SeqTracker, subscribe
 
     if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= 86400 * 365):
         raise ConfigError(f"--timeout {args.timeout}: not a usable time: pass seconds above 0 (or leave it out "
@@ -240,7 +240,7 @@ def cmd_listen(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    from .devices import list_cameras, list_microphones
+    from actstream.stream.devices import list_cameras, list_microphones
 
     print("microphones (sounddevice): --mic INDEX or a part of the name")
     try:
@@ -263,7 +263,7 @@ def cmd_devices(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from .security import make_keys
+    from actstream.stream.security import make_keys
 
     for path in make_keys(Path(args.dir), args.client or [], replace=args.replace):
         print(path)
@@ -271,9 +271,9 @@ def cmd_keys(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import make_demo_sample
+    from actstream.stream.demo import make_demo_sample
 
-    from .outputs import check_output_folder, check_outputs
+    from actstream.stream.outputs import check_output_folder, check_outputs
 
     out_dir = Path(args.dir)
     check_output_folder("--dir", out_dir)
@@ -285,7 +285,7 @@ def cmd_demo(args) -> int:
     pace = "" if args.fast else " in real time"
     print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{pace}, "
           f"publishing on {endpoint}; a subscriber process prints what it receives:", flush=True)
-    listener = subprocess.Popen([sys.executable, "-m", "stream.cli", "listen", endpoint, "--format", "text",
+    listener = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", "text",
                                  "--until-end", "--timeout", "30"])
     try:
         argv = ["replay", str(sample), "--publish", endpoint, "--wait-subscriber", "10"]
@@ -318,8 +318,8 @@ def _progress():
 
 
 def cmd_calibrate(args) -> int:
-    from calibration.calibrate import calibrate
-    from calibration.gate import Margin
+    from actstream.calibration.calibrate import calibrate
+    from actstream.calibration.gate import Margin
 
     cfg = _apply_common(load_config(args.config), args)
     margin = Margin(args.min_label_agreement, args.min_cosine, args.max_metric_drop)
@@ -334,7 +334,7 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from engines.build import build_all
+    from actstream.engines.build import build_all
 
     cfg = _apply_common(load_config(args.config), args)
     for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16", progress=_progress()):
@@ -343,7 +343,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from bench.run import run_bench
+    from actstream.bench.run import run_bench
 
     report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
                        work=args.dir, seconds=args.seconds)
@@ -367,9 +367,9 @@ def _replay_progress(duration: float | None) -> tuple:
 
 def cmd_train(args) -> int:
     if args.recipe == "default":
-        from engines.train import train_default
+        from actstream.training.train import train_default
 
-        from .outputs import check_output_folder
+        from actstream.stream.outputs import check_output_folder
 
         if not Path(args.data, "manifests").is_dir():
             raise ConfigError(f"{args.data}: has no manifests/ folder: --recipe default trains from the shared "
@@ -378,7 +378,7 @@ def cmd_train(args) -> int:
         card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
                              quick=args.quick, progress=_progress())
     else:
-        from engines.teach import train_folder
+        from actstream.training.teach import train_folder
 
         if args.out is None:
             raise ConfigError("--out is required: the folder to write the new model to (e.g. models/mine)")
@@ -390,7 +390,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from .record import record
+    from actstream.stream.record import record
 
     cfg = load_config(args.config)
     path = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
@@ -400,7 +400,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from engines.eval import evaluate_shared
+    from actstream.evaluation.eval import evaluate_shared
 
     cfg = load_config(args.config)
     report = evaluate_shared(args.model, Path(args.data), Path(args.out), args.compare or [], args.timelines,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import Temporal
+from actstream.engines.models import Temporal
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""actstream: real-time activity and speech recognition. The command is actstream.cli."""

@@ -1,0 +1,3 @@
+from actstream.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Common ground below every package: the error types and the bounded readers of small files."""

@@ -1,0 +1,1 @@
+"""Judging models on the held-out splits of the shared data."""

@@ -1,0 +1,1 @@
+"""Teaching models from recordings: datasets, the training loops, the shipped recipe."""
