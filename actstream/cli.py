@@ -571,11 +571,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="actstream: %(levelname)s: %(message)s")
-    threads = getattr(args, "threads", None)
-    if threads and (getattr(args, "backend", None) or "").startswith("torch"):
-        import torch  # only the PyTorch backends use its pool; importing it costs ~1 s of start-up
-
-        torch.set_num_threads(threads)
     try:
         return args.fn(args)
     except ActstreamError as exc:

@@ -26,6 +26,8 @@ class TorchEngine(Engine):
     def load(self) -> None:
         if self._loaded:
             return
+        if self.threads:  # torch has one intra-op pool per process: model.threads, wherever it was set
+            torch.set_num_threads(self.threads)
         self._module = self._make().eval()
         self._loaded = True
 
