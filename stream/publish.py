@@ -46,7 +46,6 @@ from actstream.common.errors import PublishError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-TOPICS_FIXED = ("status",)
 MAX_MESSAGE_BYTES = 65536  # a label message is ~300 bytes (~30 per class); a frame or a second of audio is far more
 # What a peer may send us: subscriptions (1 byte + a topic prefix) and, on CURVE, handshake commands (INITIATE is
 # ~300 bytes with its metadata; 512 is the least that works with libzmq 4.3). 1 KiB refuses a 1 GiB claim at

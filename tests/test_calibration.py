@@ -54,7 +54,10 @@ def test_calibrate_gates_int8_and_precision_follows_the_gate(small, tmp_path, ca
     enc = strict["encoders"]["audio"]
     assert strict["calibration_files"] == [str(data / f"rec{i}.wav") for i in range(3)]
     assert strict["held_out_files"] == [str(data / "rec3.wav")] and strict["held_out_steps"] == 30
-    assert 0.9 < enc["cosine_mean"] <= 1.0 + 1e-9 and 0.0 <= enc["label_agreement"]["speech"] <= 1.0
+    assert 0.9 < enc["cosine_mean"] <= 1.0 + 1e-9
+    # the share of the 30 held-out steps whose INT8 label is the FP32 one: encoders this close mostly agree
+    agree = enc["label_agreement"]["speech"] * strict["held_out_steps"]
+    assert abs(agree - round(agree)) < 1e-6 and agree >= 0.8 * strict["held_out_steps"]
     assert set(enc["metrics"]) == {"speech_accuracy"}  # from the truth file of the held-out recording
     assert not enc["passed"] and "cosine" in enc["reason"]  # no INT8 can reach a cosine of 1.5
     assert enc["speed"]["fp32_ms_batch1"] > 0 and enc["speed"]["speedup_batch32"] > 0

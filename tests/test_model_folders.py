@@ -117,10 +117,16 @@ def test_the_shipped_model_passes_the_schema():
     assert list(spec.heads) == ["speech", "activity"] and spec.audio.frames == 96 and spec.tag == "default@2"
 
 
-def test_reserved_topics_are_the_publishers():
-    from actstream.stream.publish import TOPICS_FIXED
+def test_the_reserved_topics_are_the_ones_the_loop_publishes_itself(media, tmp_path):
+    """A head may not be named like a topic the step loop sends on its own: every topic of a replay that is no
+    head of the model is reserved."""
+    import json
 
-    assert RESERVED_TOPICS == TOPICS_FIXED
+    r = run_cli("replay", str(media["wav"]), "--publish", "none", "--out", str(tmp_path / "topics.jsonl"))
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "topics.jsonl").read_text().splitlines()
+    topics = {json.loads(x)["topic"] for x in lines}
+    assert topics - set(load_spec("default").heads) == set(RESERVED_TOPICS)
 
 
 def test_a_crafted_model_on_the_command_line_is_one_line(folder, media):

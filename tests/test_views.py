@@ -59,6 +59,17 @@ def test_annotated_video_plot_and_truth(tmp_path, media):
         assert c.streams.audio and c.streams.audio[0].rate == 48000  # the recording's own audio
     img = cv2.imread(str(plot))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.shape == (700, 1200, 3)
+    # the truth is shaded: the same plot without --truth differs only in a band of columns inside the time axis
+    # where the 0.9-2.1 s span of the 3 s recording lies (and in the legend's corner)
+    bare = tmp_path / "bare.png"
+    r = run_cli("replay", str(media["mp4"]), "--publish", "none", "--plot", str(bare))
+    assert r.returncode == 0, r.stderr
+    diff = np.abs(img.astype(int) - cv2.imread(str(bare)).astype(int)).sum(axis=2) > 5  # a light shade
+    cols = np.flatnonzero(diff.sum(axis=0) > 50) / img.shape[1]  # columns shaded over 50 rows or more
+    rows = np.flatnonzero(diff.sum(axis=1) > 50) / img.shape[0]
+    # the time axis runs from x = 0.1 (0 s) to 0.93 (3 s) of the width: 0.9-2.1 s is 0.35-0.68
+    assert 0.32 < cols.min() < 0.38 and 0.65 < cols.max() < 0.71 and len(cols) > 0.3 * img.shape[1]
+    assert rows.min() > 0.45  # in the speech panel (the lower one) only: the truth's label is a speech class
 
 
 def test_show_without_a_display_is_a_clear_error(media, monkeypatch):
