@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from actstream.stream.config import Config, load_config

@@ -179,8 +179,6 @@ def write_media(path: str | Path, frames, audio: np.ndarray | None, rate: int = 
 
 def make_demo_sample(path: str | Path, seed: int = 0) -> Path:
     """Write the demo recording (H.264 video + AAC audio, 320x240, 25 fps, 14 s) and return its path."""
-    import av
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

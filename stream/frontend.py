@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from actstream.engines.features import AudioFeatures

@@ -24,7 +24,7 @@ import numpy as np
 
 from actstream.stream.core import LabelPolicy, Prepare, StageTimes
 from actstream.stream.publish import Publisher
-from actstream.stream.steps import Source, Step, chunks, prefetch, steps
+from actstream.stream.steps import Source, Step, prefetch, steps
 
 log = logging.getLogger(__name__)
 

@@ -98,18 +98,6 @@ def steps(source: Source, step_ms: int, max_steps: int = 0, stop: threading.Even
         yield Step(k, t, snap, wall)
 
 
-def chunks(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    """Consecutive lists of n items (the last one shorter)."""
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 _END = object()
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from actstream.engines.bundle import load_spec, open_engines
 from actstream.stream.config import PolicyConfig
-from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.core import CausalRecognizer
 from actstream.stream.sources import FileSource
 from tests.conftest import need_shared, run_cli
 

@@ -1,7 +1,6 @@
 """What people see: the overlay (rendered off-screen, pixels checked), the annotated video, the timeline
 plot, and the Prometheus endpoint."""
 
-import json
 import subprocess
 import sys
 import time
