@@ -9,7 +9,6 @@ The four architectures are made of these parts (see ARCHS):
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
