@@ -383,7 +383,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--out is required: the folder to write the new model to (e.g. models/mine)")
         card = train_folder(args.data, args.out, arch=args.arch, seed=args.seed, epochs=args.epochs,
                             base=args.base, name=args.name, lookahead=args.lookahead, progress=_progress(),
-                            step_ms=args.step_ms)
+                            step_ms=args.step_ms, mirror=args.mirror)
     print(json.dumps(card, indent=2))
     return 0
 
@@ -399,14 +399,55 @@ def cmd_record(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from actstream.engines.bundle import load_spec
     from actstream.evaluation.eval import evaluate_shared
+    from actstream.stream.outputs import check_output_folder
 
     cfg = load_config(args.config)
+    spec = load_spec(args.model)
+    if "speech" not in spec.heads and "video" in spec.modalities:
+        from actstream.evaluation.video import evaluate_video
+
+        check_output_folder("--out", args.out)
+        report = evaluate_video(args.model, Path(args.data), Path(args.out), backend=args.backend or
+                                cfg.model.backend, progress=_progress())
+        print(json.dumps(report, indent=2))
+        return 0
     report = evaluate_shared(args.model, Path(args.data), Path(args.out), args.compare or [], args.timelines,
                              args.seconds, backend=args.backend or cfg.model.backend, policy_cfg=cfg.policy,
                              progress=_progress())
     print(json.dumps(report, indent=2))
     return 0
+
+
+def cmd_eval_teaching(args) -> int:
+    from actstream.evaluation.video import teaching_protocol
+
+    seeds = _seeds(args.seeds)
+    if not Path(args.data, "manifests", "weizmann.csv").is_file():
+        raise ConfigError(f"{args.data}: lacks manifests/weizmann.csv: pass the shared data folder (../shared/data)")
+    report_path = Path(args.report)
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if not isinstance(report, dict):
+        raise ConfigError(f"--report {report_path}: is not a JSON object: name an eval report or a new file")
+    report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto) taught on some people of "
+                                      "../shared/data, judged on others by the majority of steps after 1 s",
+                          "seeds": seeds, **teaching_protocol(Path(args.data), seeds, epochs=args.epochs,
+                                                              progress=_progress())}
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["teaching"], indent=2))
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+    if not 1 <= len(seeds) <= 10 or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: expected 1 to 10 seeds from 0, e.g. 0,1,2")
+    return seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -501,6 +542,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--config")
     ev.set_defaults(fn=cmd_eval)
 
+    et = sub.add_parser("eval-teaching", help="teach video models on some people of the shared data and judge "
+                                              "them on people they never saw (leave one person out, test people)")
+    et.add_argument("data", help="the shared data folder (weizmann and ps7)")
+    et.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+    et.add_argument("--epochs", type=int, default=30)
+    et.add_argument("--report", default="eval/report.json",
+                    help="JSON report to write the `teaching` section into (other sections are kept)")
+    et.set_defaults(fn=cmd_eval_teaching)
+
     ca = sub.add_parser("calibrate", help="make INT8 encoders from recordings and gate them against FP32")
     ca.add_argument("--data", nargs="+", required=True, metavar="PATH",
                     help="recordings or folders of them; every 4th file is held out for the accuracy gate")
@@ -545,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--recipe", choices=["folder", "default"], default="folder",
                     help="default: the shipped speech + activity model from ../shared/data's training splits")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--mirror", choices=["auto", "on", "off"], default="auto",
+                    help="teach mirrored copies of video recordings too (auto: unless two classes move "
+                         "opposite ways, such as swipe left and swipe right)")
     tr.add_argument("--step-ms", type=int, dest="step_ms", default=100,
                     help="the step the model is taught at, in ms (a multiple of 10 from 10 to 2000; recorded in "
                          "model.json, and replay and live then step at it)")

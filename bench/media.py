@@ -60,18 +60,21 @@ def audio_only(path: Path, seconds: float) -> Path:
     return write_media(path, None, _audio(seconds, seed=1), RATE, acodec="pcm_s16le")
 
 
-def hybrid_model(folder: Path) -> Path:
-    """A hybrid model folder: a trained one shipped in engines/weights if there is one, else one made here
-    from the default model's audio CNN and a seeded, untrained hybrid temporal network. Labels of the made
-    one mean nothing; its cost is exactly a trained one's, which is what the benchmark measures."""
+def hybrid_model(folder: Path, motion: bool = False) -> Path:
+    """A hybrid model folder: a trained one shipped in engines/weights if there is one (with the motion
+    stream or without, as asked), else one made here from the default model's audio CNN and a seeded,
+    untrained hybrid temporal network. Labels of the made one mean nothing; its cost is exactly a trained
+    one's, which is what the benchmark measures."""
     import torch
 
     from actstream.engines.bundle import SHIPPED, ModelSpec, load_spec, load_torch_modules, save_model
     from actstream.engines.features import VideoFeatures
+    from actstream.engines.flow import FlowFeatures
     from actstream.common.errors import EngineError
 
     for d in sorted(SHIPPED.iterdir()) if SHIPPED.is_dir() else []:
-        if (d / "model.json").is_file() and json.loads((d / "model.json").read_text()).get("arch") == "hybrid":
+        described = json.loads((d / "model.json").read_text()) if (d / "model.json").is_file() else {}
+        if described.get("arch") == "hybrid" and bool(described.get("flow")) == motion:
             return d
     if (folder / "model.json").is_file():
         return folder
@@ -82,8 +85,9 @@ def hybrid_model(folder: Path) -> Path:
         log.warning("default audio CNN not loadable (%s): the bench model uses a seeded one", exc)
         torch.manual_seed(0)
         audio_cnn = base.new_audio_cnn().eval()
-    spec = ModelSpec(name="bench-hybrid", arch="hybrid", heads=base.heads, audio=base.audio, video=VideoFeatures(),
-                     audio_dim=base.audio_dim, hidden=base.hidden, proj=base.proj,
+    spec = ModelSpec(name="bench-hybrid-motion" if motion else "bench-hybrid", arch="hybrid", heads=base.heads,
+                     audio=base.audio, video=VideoFeatures(), audio_dim=base.audio_dim, hidden=base.hidden,
+                     proj=base.proj, motion=motion, flow=FlowFeatures() if motion else None,
                      card={"version": 0, "note": "made by actstream bench: untrained temporal, for timing only"})
     torch.manual_seed(0)
     save_model(spec, folder, audio_cnn, spec.new_temporal())

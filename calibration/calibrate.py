@@ -137,13 +137,13 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
         stride = max(1, n // steps_per_file)
         calib_recs.append({m: _inputs(rec, m)[:n:stride] for m in spec.modalities})
         if same:
-            held_recs.append(Recording(f, rec.ts[n:], rec.mels[n:] if rec.mels is not None else None,
-                                       rec.images[n:] if rec.images is not None else None))
+            held_recs.append(rec.tail(n))
     if not same:
         held_recs = [replay_inputs(f, spec, max_steps=max_held_steps) for f in held_files]
     temporal = OnnxRuntimeEngine(spec.folder / "temporal.onnx", threads, name="temporal")
     fp32_engines = {m: OnnxRuntimeEngine(_fp32_path(spec, m), threads, name=f"{m}_encoder") for m in spec.modalities}
-    fp32_embs = [{m: _embed(fp32_engines[m], m, _inputs(r, m)) for m in spec.modalities} for r in held_recs]
+    fp32_embs = [{**{m: _embed(fp32_engines[m], m, _inputs(r, m)) for m in spec.modalities},
+                  **({"flow": r.flow} if r.flow is not None else {})} for r in held_recs]
     fp32_labels = [_labels(spec, temporal, e, r.ts, policy_cfg) for e, r in zip(fp32_embs, held_recs)]
     record = {"format": 1, "model": spec.tag, "folder": str(folder), "margin": margin.to_dict(), "calibration_files": [str(f) for f in calib_files],
               "held_out_files": [str(f) for f in held_files], "held_out_steps": sum(len(r.ts) for r in held_recs),

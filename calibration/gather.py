@@ -15,6 +15,7 @@ import numpy as np
 from actstream.common.errors import SourceError
 from actstream.stream.frontend import audio_window
 from actstream.engines.features import preprocess_frame
+from actstream.engines.flow import small_gray
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,27 @@ def media_files(paths: list[str | Path], need_video: bool = False) -> list[Path]
 @dataclass
 class Recording:
     """One replayed recording: per step, the encoder inputs. mels: (T, frames, n_mels) or None;
-    images: (T, 3, size, size) or None (the newest frame at each step; zeros before the first one)."""
+    images: (T, 3, size, size) or None (the newest frame at each step; zeros before the first one); flow:
+    (T, pair_dim) the motion stream's descriptors, for models with flow (they do not depend on the CNN's
+    precision, but the labels compared do), else None."""
 
     path: Path
     ts: list[float] = field(default_factory=list)
     mels: np.ndarray | None = None
     images: np.ndarray | None = None
+    flow: np.ndarray | None = None
+
+    def tail(self, n: int) -> Recording:
+        """The steps from step n on."""
+        return Recording(self.path, self.ts[n:], *(None if a is None else a[n:]
+                                                   for a in (self.mels, self.images, self.flow)))
 
 
 def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Recording:
     """Replay `path` at the model's step and keep the encoder inputs of every `stride`-th step (at most
     max_steps, 0 = all)."""
     from actstream.stream.sources import FileSource
+    from actstream.stream.core import Inputs, VideoState, flow_descriptors
     from actstream.stream.steps import steps
 
     use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
@@ -59,12 +69,13 @@ def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Reco
     src = FileSource(path, sample_rate=audio.sample_rate if audio else 16000,
                      window_samples=audio.window_samples if audio else 1, use_audio=use_audio, use_video=use_video)
     rec = Recording(path)
-    mels, images = [], []
+    mels, images, grays, gray_ts, frame_of = [], [], [], [], []
     try:
         if use_audio and src.audio is None:
             raise SourceError(f"{path}: has no audio, but model {spec.name} needs audio")
         if use_video and src.video is None:
             raise SourceError(f"{path}: has no video, but model {spec.name} needs video")
+        previous = None
         for step in steps(src, spec.step_ms, max_steps * stride):
             if (step.k - 1) % stride:
                 continue
@@ -75,8 +86,20 @@ def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Reco
             if use_video:
                 images.append(preprocess_frame(snap.frame, spec.video) if snap.frame is not None
                               else np.zeros((3, spec.video.size, spec.video.size), np.float32))
+            if use_video and spec.flow is not None:  # as the step core's front end: a repeated frame holds
+                if snap.frame is None:
+                    frame_of.append(-1)
+                elif previous is not None and np.array_equal(snap.frame, previous):
+                    frame_of.append(frame_of[-1])
+                else:
+                    previous = snap.frame
+                    grays.append(small_gray(snap.frame, spec.flow))
+                    gray_ts.append(step.t if snap.frame_t is None else snap.frame_t)
+                    frame_of.append(len(grays) - 1)
     finally:
         src.close()
+    if frame_of:
+        rec.flow = flow_descriptors(spec, Inputs(rec.ts, None, None, frame_of, grays, gray_ts), VideoState())
     rec.mels = np.stack(mels) if mels else None
     rec.images = np.stack(images) if images else None
     return rec

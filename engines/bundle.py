@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from actstream.common.files import is_int, is_number, read_small_text, show_value
 from actstream.common.errors import EngineError
 from actstream.engines.features import AudioFeatures, VideoFeatures
+from actstream.engines.flow import FlowFeatures
 
 from actstream.engines.base import Engine
 from actstream.engines.archs import ARCHS, VIDEO_DIM
@@ -67,6 +68,7 @@ class ModelSpec:
     proj: int = 128
     lookahead: int = 0
     motion: bool = False  # video input = embedding minus its running mean (models.video_motion)
+    flow: FlowFeatures | None = None  # the motion stream (engines/flow.py): an LSTM input named "flow"
     step_ms: int = DEFAULT_STEP_MS  # the step the model was trained at: the runtime must step at the same rate
     card: dict = field(default_factory=dict)
     folder: Path | None = None
@@ -77,7 +79,12 @@ class ModelSpec:
 
     @property
     def dims(self) -> dict[str, int]:
-        return {m: (self.audio_dim if m == "audio" else VIDEO_DIM) for m in self.modalities}
+        """The LSTM's inputs and their widths, in fusion order: the modalities' embeddings, then the motion
+        stream's where the model has one."""
+        dims = {m: (self.audio_dim if m == "audio" else VIDEO_DIM) for m in self.modalities}
+        if self.flow is not None:
+            dims["flow"] = self.flow.dim
+        return dims
 
     @property
     def step_s(self) -> float:
@@ -97,7 +104,8 @@ class ModelSpec:
                 "audio": self.audio.to_dict() if self.audio else None,
                 "video": self.video.to_dict() if self.video else None,
                 "audio_dim": self.audio_dim, "hidden": self.hidden, "proj": self.proj,
-                "lookahead": self.lookahead, "motion": self.motion, "step_ms": self.step_ms,
+                "lookahead": self.lookahead, "motion": self.motion,
+                "flow": self.flow.to_dict() if self.flow else None, "step_ms": self.step_ms,
                 "card": self.card}
 
     def new_audio_cnn(self) -> AudioCNN:
@@ -105,11 +113,11 @@ class ModelSpec:
 
         return AudioCNN(n_mels=self.audio.n_mels, dim=self.audio_dim)
 
-    def new_temporal(self) -> Temporal:
+    def new_temporal(self, modality_dropout: float = 0.0) -> Temporal:
         from actstream.engines.models import Temporal
 
         return Temporal(self.dims, {h: len(c) for h, c in self.heads.items()}, hidden=self.hidden,
-                        proj=self.proj, bidirectional=not self.causal)
+                        proj=self.proj, bidirectional=not self.causal, modality_dropout=modality_dropout)
 
 
 def resolve_model(path_or_name: str) -> Path:
@@ -274,6 +282,16 @@ def _parse_video(c: _Checker, video: Any) -> VideoFeatures:
     return VideoFeatures(size=v["size"], mean=float(v["mean"]), std=float(v["std"]))
 
 
+def _parse_flow(c: _Checker, flow: Any) -> FlowFeatures:
+    f = c.keys("flow", flow, {f.name for f in dataclasses.fields(FlowFeatures)})
+    c.int_in("flow.width", f["width"], 16, 320)
+    c.int_in("flow.grid", f["grid"], 1, 8)
+    c.int_in("flow.bins", f["bins"], 2, 16)
+    c.number_in("flow.threshold", f["threshold"], 0.0, 10.0)
+    c.int_in("flow.window", f["window"], 1, 100)
+    return FlowFeatures(**{**f, "threshold": float(f["threshold"])})
+
+
 def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     """model.json's schema, checked by hand (the jsonschema package is a test-time dependency only)."""
     c = _Checker(path)
@@ -284,7 +302,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
         raise EngineError(f"{path} has format {show_value(fmt)}, this actstream reads format {FORMAT}: retrain the "
                           f"model or upgrade actstream")
     c.keys("model.json", data, {"format", "name", "arch", "heads", "audio_dim", "hidden", "proj"},
-           {"audio", "video", "lookahead", "motion", "step_ms", "card"})
+           {"audio", "video", "lookahead", "motion", "flow", "step_ms", "card"})
     name = c.text("name", data["name"], 128)
     arch = data["arch"]
     if not isinstance(arch, str) or arch not in ARCHS:
@@ -301,6 +319,10 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     motion = data.get("motion", False)
     if not isinstance(motion, bool):
         c.fail("motion", motion, "true or false")
+    flow = data.get("flow")
+    if flow is not None and "video" not in ARCHS[arch]:
+        c.fail("flow", flow, f"null: arch {arch} reads no video to compute flow on")
+    flow = _parse_flow(c, flow) if flow is not None else None
     # folders written before model.json recorded its step were all trained at 100 ms steps
     step_ms = c.int_in("step_ms", data.get("step_ms", DEFAULT_STEP_MS), *STEP_MS_RANGE)
     if step_ms % 10:
@@ -313,7 +335,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
                                                              and version.isprintable())):
         c.fail("card.version", version, "an integer from 0, or a short text")
     return ModelSpec(name=name, arch=arch, heads=heads, **features, **dims, lookahead=lookahead,
-                     motion=motion, step_ms=step_ms, card=card, folder=folder)
+                     motion=motion, flow=flow, step_ms=step_ms, card=card, folder=folder)
 
 
 def load_spec(path_or_name: str) -> ModelSpec:

@@ -65,8 +65,12 @@ class Temporal(nn.Module):
     """
 
     def __init__(self, modalities: dict[str, int], heads: dict[str, int], hidden: int = 128, proj: int = 128,
-                 bidirectional: bool = False):
+                 bidirectional: bool = False, modality_dropout: float = 0.0):
         super().__init__()
+        # training only: each sequence loses each input (projected to zeros) with this probability, never all of
+        # them, so the LSTM learns to do without any one stream (a camera that drops out, appearance that
+        # belongs to one person)
+        self.modality_dropout = modality_dropout
         self.modalities = list(modalities)
         self.head_names = list(heads)
         self.bidirectional = bidirectional
@@ -85,7 +89,14 @@ class Temporal(nn.Module):
 
     def logits(self, embeddings: dict[str, torch.Tensor], h0: torch.Tensor, c0: torch.Tensor):
         """embeddings: modality -> (N, T, D). Returns ({head: (N, T, classes) logits}, hn, cn)."""
-        x = torch.cat([self.inputs[m](embeddings[m]) for m in self.modalities], dim=-1)
+        parts = [self.inputs[m](embeddings[m]) for m in self.modalities]
+        if self.training and self.modality_dropout > 0 and len(parts) > 1:
+            n = parts[0].shape[0]
+            keep = torch.rand(n, len(parts)) >= self.modality_dropout
+            none = ~keep.any(dim=1)
+            keep[none, torch.randint(len(parts), (int(none.sum()),))] = True  # never all of them
+            parts = [p * keep[:, i, None, None].to(p.dtype) for i, p in enumerate(parts)]
+        x = torch.cat(parts, dim=-1)
         y, (hn, cn) = self.lstm(x, (h0, c0))
         return {h: self.heads[h](y) for h in self.head_names}, hn, cn
 

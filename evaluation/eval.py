@@ -207,7 +207,9 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(conf: np.ndarray, classes: list[str], path: Path) -> None:
+def plot_confusion(conf: np.ndarray, classes: list[str], path: Path,
+                   title: str = "activity per 100 ms step, rows normalized",
+                   xlabel: str = "predicted (label shown by the stream)") -> None:
     plt = _pyplot()
     norm = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(8, 7), dpi=100)
@@ -219,9 +221,9 @@ def plot_confusion(conf: np.ndarray, classes: list[str], path: Path) -> None:
             if conf[i, j]:
                 ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted (label shown by the stream)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("truth")
-    ax.set_title("activity per 100 ms step, rows normalized")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -20,6 +20,7 @@ from actstream.common.errors import EngineError
 
 from actstream.stream.frontend import audio_window, grid_windows
 from actstream.engines.features import preprocess_frame
+from actstream.engines.flow import dense_flow, describe_flow, flow_window, small_gray
 from actstream.stream.steps import Snapshot
 
 
@@ -43,12 +44,16 @@ class Inputs:
     """Encoder inputs of consecutive steps, made by `Prepare`. ts: step times (s); mels: (T, frames, n_mels)
     or None; images: (U, 3, size, size) preprocessed unique frames, or (U, H, W, 3) raw BGR frames for an
     engine that takes frames, or None; frame_of: per step, the row of `images`, or -1 when the step has no new
-    frame (none yet, or the same as the previous step's: the last embedding holds)."""
+    frame (none yet, or the same as the previous step's: the last embedding holds); grays: per row of
+    `images`, the small grey frame the motion stream's flow is computed on (models with `flow`), else None,
+    and gray_ts the frames' own times (s)."""
 
     ts: list[float]
     mels: np.ndarray | None
     images: np.ndarray | None
     frame_of: list[int]
+    grays: list[np.ndarray] | None = None
+    gray_ts: list[float] | None = None
 
 
 def _batch_logmel(windows: list[np.ndarray], spec, step: int) -> np.ndarray:
@@ -75,6 +80,10 @@ class Prepare:
         self.times = times
         self.pool = pool if self.use_video and not self.raw else None
         self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the last frame (a new stream starts)."""
         self._previous: np.ndarray | None = None
 
     def _frame(self, frame: np.ndarray) -> np.ndarray:
@@ -86,6 +95,8 @@ class Prepare:
 
     def __call__(self, snaps) -> Inputs:
         ts, windows, images, frame_of = [], [], [], []
+        grays = [] if self.spec.flow is not None and self.use_video else None
+        gray_ts = [] if grays is not None else None
         for snap in snaps:
             ts.append(snap.t)
             if self.use_audio:
@@ -98,6 +109,11 @@ class Prepare:
                     frame_of.append(frame_of[-1] if frame_of else -1)
                 else:
                     self._previous = frame.copy()
+                    if grays is not None:
+                        t0 = time.perf_counter()
+                        grays.append(small_gray(self._previous, self.spec.flow))
+                        gray_ts.append(snap.t if snap.frame_t is None else snap.frame_t)
+                        self.times.add("flow", time.perf_counter() - t0)
                     images.append(self._previous if self.raw else self.pool.submit(self._frame, self._previous)
                                   if self.pool is not None else self._frame(self._previous))
                     frame_of.append(len(images) - 1)
@@ -108,14 +124,44 @@ class Prepare:
             t0 = time.perf_counter()
             mels = _batch_logmel(windows, self.spec.audio, self.step_samples)
             self.times.add("audio_frontend", time.perf_counter() - t0)
-        return Inputs(ts, mels, np.stack(images) if images else None, frame_of)
+        return Inputs(ts, mels, np.stack(images) if images else None, frame_of, grays, gray_ts)
+
+
+@dataclass
+class VideoState:
+    """What the video encoders carry from step to step: the newest embedding (a step without a new frame
+    reuses it), the newest small grey frame and its time (the flow's previous frame), and the newest flow
+    descriptor (held, like the embedding, on a step without a new frame)."""
+
+    last: np.ndarray | None = None
+    gray: np.ndarray | None = None
+    gray_t: float = 0.0
+    flow: np.ndarray | None = None
+
+
+def flow_descriptors(spec: ModelSpec, inputs: Inputs, state: VideoState) -> np.ndarray:
+    """Per step, the flow descriptor between its frame and the previous step's frame, its speeds measured
+    by the frames' own times (at 25 fps, 100 ms steps take frames 80 or 120 ms apart): (T, pair_dim)."""
+    rows, seen = [], -1
+    zero = np.zeros((1, spec.flow.pair_dim), np.float32)
+    for i in inputs.frame_of:
+        if i >= 0 and i != seen:
+            seen, gray, t = i, inputs.grays[i], inputs.gray_ts[i]
+            if state.gray is not None and state.gray.shape == gray.shape and t > state.gray_t:
+                state.flow = describe_flow(dense_flow(state.gray, gray), t - state.gray_t, spec.flow)[None]
+            else:  # the first frame, or the picture changed size: no motion yet
+                state.flow = zero
+            state.gray, state.gray_t = gray, t
+        rows.append(state.flow if state.flow is not None else zero)
+    return np.concatenate(rows)
 
 
 def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
-           last_video: np.ndarray | None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """The encoders over prepared steps: modality -> (T, D) embeddings, and the newest video embedding (a step
-    without a new frame reuses the last one). Training computes its cached embeddings with this same function
-    (training/teach.py). Video motion features, where the model uses them, are added by the recognizer."""
+           state: VideoState) -> dict[str, np.ndarray]:
+    """The encoders over prepared steps: LSTM input name -> (T, D) embeddings; `state` carries the video
+    encoders' memory to the next call. Training computes its cached embeddings with this same function
+    (training/teach.py). Motion features over several steps (the running mean of video embeddings, the flow
+    window), where the model uses them, are added by the recognizer."""
     clock = time.perf_counter
     embs: dict[str, np.ndarray] = {}
     if inputs.mels is not None:
@@ -135,10 +181,14 @@ def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
         rows = []
         for i in inputs.frame_of:
             if i >= 0:
-                last_video = video[i:i + 1]
-            rows.append(last_video if last_video is not None else np.zeros((1, VIDEO_DIM), np.float32))
+                state.last = video[i:i + 1]
+            rows.append(state.last if state.last is not None else np.zeros((1, VIDEO_DIM), np.float32))
         embs["video"] = np.concatenate(rows)
-    return embs, last_video
+    if spec.flow is not None:
+        t0 = clock()
+        embs["flow"] = flow_descriptors(spec, inputs, state)
+        times.add("flow", clock() - t0)
+    return embs
 
 
 Pairs = list[tuple[float, dict[str, np.ndarray]]]
@@ -178,19 +228,22 @@ class _Core:
         self._prepare = Prepare(self.spec, self.engines, self.step_ms, self.times)
 
     def _reset_core(self) -> None:
-        self._last_video: np.ndarray | None = None
+        self._video = VideoState()
         self._motion: np.ndarray | None = None
-        self._prepare._previous = None
+        self._flow_history: np.ndarray | None = None
+        self._prepare.reset()
 
     def _encode(self, inputs: Inputs) -> dict[str, np.ndarray]:
-        embs, self._last_video = encode(self.spec, self.engines, self.times, inputs, self._last_video)
-        return self._with_motion(embs)
+        return self._with_motion(encode(self.spec, self.engines, self.times, inputs, self._video))
 
     def _with_motion(self, embs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The LSTM's inputs from the encoders' embeddings: video motion features where the model uses them."""
+        """The LSTM's inputs from the encoders' embeddings: the motion features over several steps where the
+        model uses them (video embedding minus its running mean; the window of flow descriptors)."""
+        embs = {**embs}
         if self.spec.motion:
-            embs = {**embs}
             embs["video"], self._motion = video_motion(embs["video"], self._motion)
+        if self.spec.flow is not None:
+            embs["flow"], self._flow_history = flow_window(embs["flow"], self._flow_history, self.spec.flow)
         return embs
 
     def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> Pairs:
@@ -294,7 +347,7 @@ class LookaheadRecognizer(_Core):
         """Probabilities for buffered step k from the window around it."""
         lo = max(0, k - self.context)
         hi = min(len(self._embs), k + self.lookahead + 1)
-        feeds = {m: np.concatenate([e[m] for e in self._embs[lo:hi]])[None] for m in self.spec.modalities}
+        feeds = {m: np.concatenate([e[m] for e in self._embs[lo:hi]])[None] for m in self.spec.dims}
         h = np.zeros((2, 1, self.spec.hidden), np.float32)
         t0 = time.perf_counter()
         out = self.engines.temporal.run({**feeds, "h0": h, "c0": h})

@@ -350,8 +350,8 @@ class FileSource:
         frame = None
         if self.video is not None:
             got = self.video.ring.latest(t)
-            frame = got[0] if got is not None else None
-        return Snapshot(t, frame, audio, 0.0)
+            frame, frame_t = (got[0], got[1]) if got is not None else (None, None)
+        return Snapshot(t, frame, audio, 0.0, frame_t if frame is not None else None)
 
     def drops(self) -> dict[str, int]:
         return {"video": self.video.ring.dropped if self.video else 0,
@@ -433,12 +433,12 @@ class LiveSource:
 
     def snapshot(self, t: float) -> Snapshot:
         walls = []
-        frame = audio = None
+        frame = audio = frame_wall = None
         if self.camera is not None and self.camera.ring is not None and self.camera.fresh():
             got = self.camera.ring.latest()
             if got is not None:
-                frame, _, w = got
-                walls.append(w)
+                frame, _, frame_wall = got
+                walls.append(frame_wall)
         if self.mic is not None:
             ring = self.mic.ring
             if self.mic.fresh():
@@ -447,7 +447,7 @@ class LiveSource:
                     walls.append(ring.wall)
             else:
                 audio = np.zeros(self.window, dtype=np.float32)
-        return Snapshot(t, frame, audio, min(walls) if walls else time.time())
+        return Snapshot(t, frame, audio, min(walls) if walls else time.time(), frame_wall)
 
     def drops(self) -> dict[str, int]:
         return {"video": self.camera.ring.dropped if self.camera and self.camera.ring else 0,

@@ -24,12 +24,14 @@ T = TypeVar("T")
 @dataclass
 class Snapshot:
     """What the core sees at one step: the newest frame at or before t, the audio window ending at t,
-    and the capture wall time (Unix s) of the newest input used."""
+    the capture wall time (Unix s) of the newest input used, and the frame's own time (s; media time in a
+    recording, capture wall time live; None: take t), which the motion stream's flow speeds are measured by."""
 
     t: float
     frame: np.ndarray | None
     audio: np.ndarray | None
     wall: float
+    frame_t: float | None = None
 
 
 class Source(Protocol):

@@ -81,11 +81,13 @@ def test_exported_temporal_equals_pytorch(tmp_path, video_dataset, monkeypatch):
                    timeout=300).returncode == 0
     spec = load_spec(str(tmp_path / "m"))
     _, temporal = load_torch_modules(spec)
-    x = np.random.default_rng(0).standard_normal((1, 25, 1280)).astype(np.float32)
+    assert spec.dims == {"video": 1280, "flow": spec.flow.dim}  # appearance and motion, fused before the LSTM
+    rng = np.random.default_rng(0)
+    x = {m: rng.standard_normal((1, 25, d)).astype(np.float32) for m, d in spec.dims.items()}
     h = np.zeros((1, 1, spec.hidden), np.float32)
-    onnx = OnnxRuntimeEngine(tmp_path / "m" / "temporal.onnx", threads=1).run({"video": x, "h0": h, "c0": h})
+    onnx = OnnxRuntimeEngine(tmp_path / "m" / "temporal.onnx", threads=1).run({**x, "h0": h, "c0": h})
     with torch.inference_mode():
-        ref = temporal(torch.from_numpy(x), torch.from_numpy(h), torch.from_numpy(h))
+        ref = temporal(*map(torch.from_numpy, (x["video"], x["flow"], h, h)))
     assert np.abs(onnx["activity"] - ref[0].numpy()).max() < 1e-5  # probabilities: ONNX equals PyTorch to 1e-5
 
 
@@ -150,7 +152,7 @@ def test_hybrid_model_from_recordings_with_both_tracks(tmp_path, monkeypatch):
                 timeout=300)
     assert r.returncode == 0, r.stderr
     spec = load_spec(str(tmp_path / "hy"))
-    assert spec.modalities == ("video", "audio") and spec.dims == {"video": 1280, "audio": 128}
+    assert spec.modalities == ("video", "audio") and spec.dims == {"video": 1280, "audio": 128, "flow": 402}
     f = write_media(tmp_path / "held.mp4", sweep(50, 9), tones(2.0, 220.0, 9), 16000)
     out = tmp_path / "o.jsonl"
     r = run_cli("replay", str(f), "--model", str(tmp_path / "hy"), "--out", str(out), "--publish", "none")

@@ -24,7 +24,7 @@ SPEECH_CLASSES = ["no_speech", "speech"]
 
 # The held-out test splits of ../shared/data: never trained or tuned on.
 TEST_SPLITS = {"librispeech_test_other": None, "dcase2016_task2": {"fold5"}, "fsdd": {"theo", "yweweler"},
-               "kth": {"person04"}, "grid_av": None}
+               "kth": {"person04"}, "grid_av": None, "weizmann": {"ira", "lena"}, "ps7": {"P2"}}
 
 
 @dataclass

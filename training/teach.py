@@ -11,6 +11,7 @@ points and joined, so it learns the transitions too.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -24,8 +25,9 @@ import torch
 
 from actstream.stream.csvfile import shown_path
 from actstream.common.errors import ConfigError, SourceError
-from actstream.stream.core import Prepare, StageTimes, encode
+from actstream.stream.core import Prepare, StageTimes, VideoState, encode
 from actstream.engines.features import VideoFeatures
+from actstream.engines.flow import GLOBALS, REVISION as FLOW_REVISION, FlowFeatures, flow_window
 from actstream.stream.sources import FileSource
 from actstream.stream.steps import Snapshot, steps
 
@@ -149,6 +151,8 @@ def _encoder_key(spec: ModelSpec) -> dict:
         key["audio_cnn"] = file_digest(spec.folder / "audio_encoder.onnx")
     if spec.video is not None:
         key["video"] = spec.video.to_dict()
+    if spec.flow is not None:
+        key["flow"] = {**spec.flow.to_dict(), "revision": FLOW_REVISION}
     return key
 
 
@@ -161,7 +165,7 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
     if path.is_file():
         try:
             with np.load(path) as z:
-                return {m: z[m] for m in spec.modalities}
+                return {m: z[m] for m in spec.dims}
         except (OSError, ValueError, KeyError):
             log.warning("rebuilding unreadable embedding cache file %s", path)
     src = FileSource(item.path, sample_rate=spec.audio.sample_rate if spec.audio else 16000,
@@ -172,8 +176,8 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
             raise SourceError(f"{item.path}: has no audio, but arch {spec.arch} needs audio")
         if "video" in spec.modalities and not src.has_video_track:
             raise SourceError(f"{item.path}: has no video, but arch {spec.arch} needs video")
-        out: dict[str, list] = {m: [] for m in spec.modalities}
-        last_v, times = None, StageTimes()
+        out: dict[str, list] = {m: [] for m in spec.dims}
+        state, times = VideoState(), StageTimes()
         prepare = Prepare(spec, engines, spec.step_ms, times)  # the step core's front end and encoders
         for step in steps(src, spec.step_ms):
             if item.end is not None and step.t > item.end:
@@ -183,13 +187,13 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
             frame = step.snap.frame
             if flip and frame is not None:
                 frame = np.ascontiguousarray(frame[:, ::-1])
-            embs, last_v = encode(spec, engines, times, prepare([Snapshot(step.t, frame, step.snap.audio, 0.0)]),
-                                  last_v)
+            embs = encode(spec, engines, times, prepare([Snapshot(step.t, frame, step.snap.audio, 0.0,
+                                                                      step.snap.frame_t)]), state)
             for m, e in embs.items():
                 out[m].append(e[0])
     finally:
         src.close()
-    if not out[spec.modalities[0]]:
+    if not out[next(iter(spec.dims))]:
         raise SourceError(f"{item.path}: gave no steps (shorter than {spec.step_ms} ms, or start/end outside it)")
     arrays = {m: np.stack(v).astype(np.float32) for m, v in out.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +201,61 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return arrays
+
+
+def motion_features(spec: ModelSpec, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cached per-step embeddings (N, T, D) -> the LSTM's inputs: the running mean and the flow window run
+    across the joins of pieces, as they do in a stream (the recognizer's `_with_motion`)."""
+    out = dict(xs)
+    if spec.motion:
+        out["video"] = np.stack([video_motion(x, None)[0] for x in xs["video"]])
+    if spec.flow is not None:
+        out["flow"] = np.stack([flow_window(x, None, spec.flow)[0] for x in xs["flow"]])
+    return out
+
+
+def cached_dims(spec: ModelSpec) -> dict[str, int]:
+    """Widths of the cached per-step embeddings: the flow descriptor of one frame pair, not yet windowed."""
+    return {**spec.dims, **({"flow": spec.flow.pair_dim} if spec.flow is not None else {})}
+
+
+MIRROR = ("auto", "on", "off")
+GLOBAL_MEAN_X, GLOBAL_SPEED = GLOBALS, GLOBALS - 2  # a flow descriptor's mean x flow and mean speed, from its end
+DIRECTED = 0.5  # a recording whose mean horizontal flow is over half its mean speed moves one way
+
+
+def choose_mirror(mirror: str, spec: ModelSpec, items: list[Item], embs: list[dict]) -> tuple[bool, str]:
+    """Whether mirrored copies of video recordings are taught with the same label, and why.
+
+    Mirroring doubles what a few people teach (one person walks left, another right) but is wrong where the
+    class is the direction: "swipe left" mirrored is "swipe right". `auto` mirrors unless two classes move
+    consistently opposite ways: each has two recordings or more, in every one of them most of the motion goes
+    one way (mean horizontal flow over mean speed past DIRECTED), left for one class and right for the other.
+    A class recorded once gives no such evidence (pass --mirror off)."""
+    if spec.video is None or spec.flow is None:
+        return False, "no: no video motion stream"
+    if mirror != "auto":
+        return mirror == "on", f"{mirror} (--mirror {mirror})"
+    ways: dict[str, list[int]] = {}
+    for item, e in zip(items, embs):
+        mean_x, speed = float(e["flow"][:, -GLOBAL_MEAN_X].mean()), float(e["flow"][:, -GLOBAL_SPEED].mean())
+        share = mean_x / speed if speed > 0 else 0.0
+        ways.setdefault(item.label, []).append(int(np.sign(share)) if abs(share) > DIRECTED else 0)
+    directed = {label: w[0] for label, w in ways.items() if len(w) >= 2 and len(set(w)) == 1 and w[0]}
+    lefts = sorted(c for c, w in directed.items() if w < 0)
+    rights = sorted(c for c, w in directed.items() if w > 0)
+    if lefts and rights:
+        return False, (f"no (auto): every recording of {lefts[0]!r} moves left and every one of {rights[0]!r} "
+                       f"right, so the mirror image of one is the other")
+    return True, "yes (auto: no two classes move consistently opposite ways)"
+
+
+def speed_up(descs: np.ndarray, rate: float) -> np.ndarray:
+    """Flow descriptors of a recording played `rate` times as fast: speeds scale, shapes (the moving share,
+    the box) do not."""
+    out = descs * np.float32(rate)
+    out[:, -3:] = descs[:, -3:]
+    return out
 
 
 def _split_groups(items: list[Item], rng: np.random.Generator) -> set[str]:
@@ -232,6 +291,8 @@ def _probe_tracks(items: list[Item], arch: str) -> None:
 
 
 MAX_EPOCHS = 10_000
+MODALITY_DROPOUT = 0.3  # training: the chance a sequence is taught without one of its streams (models.Temporal)
+SPEEDS = (0.9, 1.1)  # the range of playback speeds a piece of a video recording is taught at
 
 
 def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):
@@ -270,9 +331,11 @@ def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: st
 
 def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", seed: int = 0, epochs: int = 30,
                  base: str = "default", name: str | None = None, lookahead: int = 10, progress=None,
-                 step_ms: int = DEFAULT_STEP_MS) -> dict:
+                 step_ms: int = DEFAULT_STEP_MS, mirror: str = "auto") -> dict:
     """Train a model for the classes of a dataset folder or manifest; returns its model card."""
     t0 = time.time()
+    if mirror not in MIRROR:
+        raise ConfigError(f"--mirror {mirror!r}: expected one of {', '.join(MIRROR)}")
     if not (isinstance(step_ms, int) and 10 <= step_ms <= 2000 and step_ms % 10 == 0):
         raise ConfigError(f"--step-ms {step_ms}: expected a multiple of 10 from 10 to 2000 ms")
     items, base_spec = check_train_args(data, out, arch, epochs, lookahead, name, base)
@@ -284,19 +347,22 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
                      audio=base_spec.audio if uses_audio else None,
                      video=VideoFeatures() if "video" in ARCHS[arch] else None,
                      lookahead=lookahead if arch == "bilstm" else 0, motion="video" in ARCHS[arch],
-                     step_ms=step_ms, folder=base_spec.folder)
+                     flow=FlowFeatures() if "video" in ARCHS[arch] else None, step_ms=step_ms,
+                     folder=base_spec.folder)
     engines = open_engines(spec, "onnxruntime")
     for encoder in engines.encoders.values():  # the base model's encoders; its temporal network is not this one's
         encoder.load()
     try:
         embs = []
         for n, item in enumerate(items):
-            variants = [item_embeddings(item, spec, engines)]
-            if "video" in spec.modalities:
-                variants.append(item_embeddings(item, spec, engines, flip=True))
-            embs.append(variants)
+            embs.append([item_embeddings(item, spec, engines)])
             if progress:
                 progress("embeddings", n + 1, len(items))
+        mirrored, mirror_why = choose_mirror(mirror, spec, items, [v[0] for v in embs])
+        for n, item in enumerate(items if mirrored else []):
+            embs[n].append(item_embeddings(item, spec, engines, flip=True))
+            if progress:
+                progress("mirrored embeddings", n + 1, len(items))
     finally:
         engines.close()
     held = _split_groups(items, rng)
@@ -305,42 +371,49 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
     labels = np.array([classes.index(i.label) for i in items])
     seq, batch = 60, 16
 
+    by_class = [[k for k in tr if labels[k] == c] for c in range(len(classes))]
+
     def sample(rng):
-        """Sequences of random pieces (1-4 s) of random training recordings: transitions at random points."""
-        xs = {m: np.zeros((batch, seq, d), np.float32) for m, d in spec.dims.items()}
+        """Sequences of random pieces (1-4 s) of training recordings, a class drawn uniformly for each (class
+        balance), a variant (as recorded or mirrored) and a speed (SPEEDS) at random: transitions at random
+        points, motion at the speeds people differ by."""
+        xs = {m: np.zeros((batch, seq, d), np.float32) for m, d in cached_dims(spec).items()}
         ys = np.zeros((batch, seq), np.int64)
         for b in range(batch):
             pos = 0
             while pos < seq:
-                k = tr[int(rng.integers(len(tr)))]
+                pool = [ks for ks in by_class if ks]
+                ks = pool[int(rng.integers(len(pool)))]
+                k = ks[int(rng.integers(len(ks)))]
                 v = embs[k][int(rng.integers(len(embs[k])))]
+                rate = float(np.exp(rng.uniform(*np.log(SPEEDS)))) if spec.flow is not None else 1.0
                 n_steps = len(next(iter(v.values())))
-                length = min(int(rng.integers(10, 41)), seq - pos, n_steps)
-                start = int(rng.integers(0, n_steps - length + 1))
+                span = max(1, int(n_steps / rate))  # steps the piece can last at this speed
+                length = min(int(rng.integers(10, 41)), seq - pos, span)
+                start = int(rng.integers(0, span - length + 1))
+                idx = np.minimum(((start + np.arange(length)) * rate).astype(np.int64), n_steps - 1)
                 for m in spec.modalities:
-                    xs[m][b, pos:pos + length] = v[m][start:start + length]
+                    xs[m][b, pos:pos + length] = v[m][idx]
+                if spec.flow is not None:
+                    xs["flow"][b, pos:pos + length] = speed_up(v["flow"][idx], rate)
                 ys[b, pos:pos + length] = labels[k]
                 pos += length
-            if spec.motion:  # the running mean runs across the joins, as it does in a stream
-                xs["video"][b], _ = video_motion(xs["video"][b], None)
-        return {m: torch.from_numpy(x) for m, x in xs.items()}, {"activity": torch.from_numpy(ys)}
+        return {m: torch.from_numpy(x) for m, x in motion_features(spec, xs).items()}, {"activity": torch.from_numpy(ys)}
 
     def validate(temporal):
         right = total = 0
         with torch.inference_mode():
             for k in va:
-                v = dict(embs[k][0])
-                if spec.motion:
-                    v["video"], _ = video_motion(v["video"], None)
+                v = motion_features(spec, {m: e[None] for m, e in embs[k][0].items()})
                 h0, c0 = temporal.zero_state(1)
-                lg, _, _ = temporal.logits({m: torch.from_numpy(v[m][None]) for m in spec.modalities}, h0, c0)
+                lg, _, _ = temporal.logits({m: torch.from_numpy(v[m]) for m in spec.dims}, h0, c0)
                 pred = lg["activity"][0].argmax(-1).numpy()
                 right += int((pred == labels[k]).sum())
                 total += len(pred)
         acc = right / max(1, total)
         return acc, {"validation_step_accuracy": round(acc, 4)}
 
-    temporal = spec.new_temporal()
+    temporal = spec.new_temporal(MODALITY_DROPOUT)
     fitted = fit_temporal(temporal, sample, validate if va else None,
                            {"activity": class_weights(labels[tr], len(classes))}, epochs=epochs,
                            steps_per_epoch=20, rng=rng, patience=8,
@@ -351,7 +424,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
         # the held-out groups chose the number of epochs; with so few recordings, the final model then learns
         # from all of them for that long (no recording is wasted on validation)
         tr = list(range(len(items)))
-        temporal = spec.new_temporal()
+        temporal = spec.new_temporal(MODALITY_DROPOUT)
         fit_temporal(temporal, sample, None, {"activity": class_weights(labels, len(classes))},
                      epochs=max(5, metrics["epoch"]), steps_per_epoch=20, rng=rng)
         metrics["refit_on_all_epochs"] = max(5, metrics["epoch"])
@@ -361,13 +434,13 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
             "split": {"train_groups": sorted({items[k].group for k in tr}),
                       "validation_groups": sorted(held) or "none (too few groups per class: trained a fixed "
                                                            "number of epochs)"},
+            "mirrored": mirror_why,
             "metrics": metrics, "encoders": f"frozen: {'audio CNN of ' + base_spec.tag if uses_audio else ''}"
                                             f"{' + ' if uses_audio and spec.video else ''}"
                                             f"{'EfficientNet-Lite0 (ImageNet)' if spec.video else ''}",
             "train_seconds": round(time.time() - t0, 1),
             "command": f"actstream train {data} --arch {arch} --out {out} --seed {seed}"}
-    final = ModelSpec(name=spec.name, arch=arch, heads=spec.heads, audio=spec.audio, video=spec.video,
-                      lookahead=spec.lookahead, motion=spec.motion, step_ms=spec.step_ms, card=card)
+    final = dataclasses.replace(spec, card=card, folder=None)
     out = Path(out)
     save_model(final, out, audio_cnn, temporal)
     (out / "MODEL_CARD.md").write_text(model_card_md(final))
