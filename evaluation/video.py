@@ -102,6 +102,17 @@ def judge_clips(spec: ModelSpec, engines, clips: list[Clip], progress=None) -> d
             "confusion": conf.tolist(), "wrong": wrong}
 
 
+def judge_model(model: str, clips: list[Clip], backend: str = "onnxruntime", progress=None) -> dict:
+    """judge_clips with a model folder's own engines."""
+    spec = load_spec(model)
+    engines = open_engines(spec, backend)
+    engines.load()
+    try:
+        return judge_clips(spec, engines, clips, progress)
+    finally:
+        engines.close()
+
+
 def evaluate_video(model: str, data_root: Path, out_dir: Path, backend: str = "onnxruntime",
                    progress=None) -> dict:
     """A video model judged on the video test splits of ../shared/data (the clips of the classes it knows):
@@ -117,12 +128,7 @@ def evaluate_video(model: str, data_root: Path, out_dir: Path, backend: str = "o
     if not clips:
         raise ConfigError(f"model {spec.tag}: none of its classes ({', '.join(classes[:12])}) is in the video test "
                           f"splits of {data_root} (weizmann, ps7, kth): nothing to judge")
-    engines = open_engines(spec, backend)
-    engines.load()
-    try:
-        result = judge_clips(spec, engines, clips, progress)
-    finally:
-        engines.close()
+    result = judge_model(model, clips, backend, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": spec.tag, "data": "video test splits: " + ", ".join(
         f"{d} {'/'.join(sorted(TEST_SPLITS[d]))}" for d in VIDEO_SETS), **result}
@@ -160,20 +166,14 @@ def teaching_protocol(data_root: Path, seeds: list[int], work: Path | None = Non
                 w = csv.writer(fh)
                 w.writerow(["path", "label", "group"])
                 for c in shared_video_clips(data_root, dataset, set(teach_people)):
-                    w.writerow([c.path, c.label, c.person])
+                    w.writerow([c.path.absolute(), c.label, c.person])
             judged = shared_video_clips(data_root, dataset, set(judge_people))
             case = {"taught_on": teach_people, "judged_on": judge_people, "seeds": {}}
             for seed in seeds:
                 folder = work / f"model_{dataset}_{'-'.join(teach_people)}_{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
                 card = train_folder(manifest, folder, seed=seed, epochs=epochs)
-                spec = load_spec(str(folder))
-                engines = open_engines(spec, "onnxruntime")
-                engines.load()
-                try:
-                    r = judge_clips(spec, engines, judged)
-                finally:
-                    engines.close()
+                r = judge_model(str(folder), judged)
                 r["mirrored"] = card.get("mirrored")
                 case["seeds"][str(seed)] = r
                 done += 1

@@ -4,14 +4,20 @@ step core computes the same descriptors step by step and in a batch; and a model
 (left, right, up) recognises them in a render it never saw."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from actstream.common.errors import EngineError
+from actstream.engines.bundle import load_spec
 from actstream.engines.flow import FlowFeatures, dense_flow, describe_flow, flow_window, small_gray
+from actstream.engines.models import Temporal
+from actstream.evaluation.video import Clip, judge_model
 from actstream.stream.demo import write_media
-from tests.conftest import run_cli
+from tests.conftest import SHARED, run_cli
 
 SPEC = FlowFeatures()
 BINS = {"left": 0, "up": SPEC.bins // 4, "right": SPEC.bins // 2, "down": 3 * SPEC.bins // 4}
@@ -89,10 +95,65 @@ def test_teaching_three_square_motions_recognises_a_new_render(tmp_path, monkeyp
     assert r.returncode == 0, r.stderr
     model = json.loads((tmp_path / "m" / "model.json").read_text())
     assert model["flow"] == SPEC.to_dict() and model["arch"] == "video_lstm"  # the default arch sees motion
+    assert model["card"]["mirrored"].startswith("no (auto)")  # left mirrored is right: not taught mirrored
+    held = []
     for way in ways:
         clip = write_media(tmp_path / f"held_{way}.mp4", render(way, 99 + len(way)), None)
+        held.append(Clip(clip, way, "someone", "renders"))
         out = tmp_path / f"{way}.jsonl"
         r = run_cli("replay", str(clip), "--model", str(tmp_path / "m"), "--out", str(out), "--publish", "none")
         assert r.returncode == 0, r.stderr
         got = [m["label"] for m in map(json.loads, out.read_text().splitlines()) if m["topic"] == "activity"]
         assert got[5:].count(way) / len(got[5:]) >= 0.8, (way, got)
+    # eval's judge (the step path, clips by the majority of their steps after 1 s) agrees
+    judged = judge_model(str(tmp_path / "m"), held)
+    assert judged["clip_accuracy"] == 1.0 and judged["per_person"] == {"someone": 1.0}, judged
+    assert np.trace(judged["confusion"]) == 3 and judged["wrong"] == []
+    # `actstream eval` judges video models on the shared video test splits: these classes are not there
+    if SHARED.is_dir():
+        r = run_cli("eval", str(tmp_path / "m"), str(SHARED), "--out", str(tmp_path / "ev"))
+        assert r.returncode == 2 and "none of its classes (left, right, up)" in r.stderr, r.stderr
+
+
+def test_modality_dropout_drops_whole_inputs_in_training_only():
+    torch.manual_seed(0)
+    net = Temporal({"video": 6, "flow": 5}, {"action": 3}, hidden=8, proj=4, modality_dropout=0.5)
+    n = 400
+    x = {"video": torch.randn(n, 7, 6), "flow": torch.randn(n, 7, 5)}
+    changed = {"video": torch.randn(n, 7, 6), "flow": torch.randn(n, 7, 5)}
+
+    def out(inputs):
+        torch.manual_seed(1)  # the same dropout masks for each call
+        h0, c0 = net.zero_state(n)
+        return net.logits(inputs, h0, c0)[0]["action"]
+
+    net.train()
+    base = out(x)
+    same = {m: (out({**x, m: changed[m]}) == base).flatten(1).all(dim=1) for m in x}
+    for m in x:  # each input alone is dropped in 3/8 of the sequences (1/4, plus half of the 1/4 both drawn)
+        assert 0.25 < same[m].float().mean() < 0.5, (m, same[m].float().mean())
+    assert not (same["video"] & same["flow"]).any()  # never both: a sequence always keeps one stream
+    net.eval()
+    h0, c0 = net.zero_state(n)
+    with torch.inference_mode():
+        a = net.logits(x, h0, c0)[0]["action"]
+        b = net.logits({**x, "flow": changed["flow"]}, h0, c0)[0]["action"]
+    assert (a != b).flatten(1).any(dim=1).all()  # served, every input counts
+
+
+@pytest.mark.parametrize("flow, words", [
+    ({"width": 64, "grid": 4, "bins": 8, "threshold": 0.05}, "flow lacks window"),
+    ({"width": 4, "grid": 4, "bins": 8, "threshold": 0.05, "window": 10}, "flow.width"),
+    ({"width": 64, "grid": 4, "bins": 8, "threshold": -1, "window": 10}, "flow.threshold"),
+])
+def test_a_bad_flow_in_model_json_is_refused(tmp_path, flow, words):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    spec = json.loads((Path(load_spec("default").folder) / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**spec, "arch": "hybrid", "video": {"size": 224, "mean": 127.0,
+                                                                                       "std": 128.0}, "flow": flow}))
+    with pytest.raises(EngineError, match=words):
+        load_spec(str(folder))
+    (folder / "model.json").write_text(json.dumps({**spec, "flow": FlowFeatures().to_dict()}))
+    with pytest.raises(EngineError, match="arch audio_lstm reads no video"):
+        load_spec(str(folder))
