@@ -254,7 +254,7 @@ def speed_up(descs: np.ndarray, rate: float) -> np.ndarray:
     """Flow descriptors of a recording played `rate` times as fast: speeds scale, shapes (the moving share,
     the box) do not."""
     out = descs * np.float32(rate)
-    out[:, -3:] = descs[:, -3:]
+    out[:, -3:] = descs[:, -3:]  # the last three globals: moving share of the frame, box width/height, box height
     return out
 
 
@@ -366,12 +366,16 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
     finally:
         engines.close()
     held = _split_groups(items, rng)
-    tr = [k for k, i in enumerate(items) if i.group not in held]  # `sample` reads this list: rebound for the refit
     va = [k for k, i in enumerate(items) if i.group in held]
     labels = np.array([classes.index(i.label) for i in items])
     seq, batch = 60, 16
 
-    by_class = [[k for k in tr if labels[k] == c] for c in range(len(classes))]
+    def by_class(keys: list[int]) -> list[list[int]]:
+        """The recordings of each class among keys, classes without any left out."""
+        return [ks for ks in ([k for k in keys if labels[k] == c] for c in range(len(classes))) if ks]
+
+    tr = [k for k, i in enumerate(items) if i.group not in held]
+    pool = by_class(tr)  # `sample` draws from this: rebound to every recording for the refit
 
     def sample(rng):
         """Sequences of random pieces (1-4 s) of training recordings, a class drawn uniformly for each (class
@@ -382,7 +386,6 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
         for b in range(batch):
             pos = 0
             while pos < seq:
-                pool = [ks for ks in by_class if ks]
                 ks = pool[int(rng.integers(len(pool)))]
                 k = ks[int(rng.integers(len(ks)))]
                 v = embs[k][int(rng.integers(len(embs[k])))]
@@ -424,6 +427,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
         # the held-out groups chose the number of epochs; with so few recordings, the final model then learns
         # from all of them for that long (no recording is wasted on validation)
         tr = list(range(len(items)))
+        pool = by_class(tr)
         temporal = spec.new_temporal(MODALITY_DROPOUT)
         fit_temporal(temporal, sample, None, {"activity": class_weights(labels, len(classes))},
                      epochs=max(5, metrics["epoch"]), steps_per_epoch=20, rng=rng)
