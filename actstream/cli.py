@@ -409,7 +409,7 @@ def cmd_eval(args) -> int:
         from actstream.evaluation.video import evaluate_video
 
         check_output_folder("--out", args.out)
-        report = evaluate_video(args.model, Path(args.data), Path(args.out), backend=args.backend or
+        report = evaluate_video(spec, Path(args.data), Path(args.out), backend=args.backend or
                                 cfg.model.backend, progress=_progress())
         print(json.dumps(report, indent=2))
         return 0

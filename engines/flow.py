@@ -7,7 +7,8 @@ holds the moving pixels, so a person near or far, left or right in the picture, 
 a `grid` x `grid` grid of cells over the box, in each an `bins`-orientation histogram of the flow's magnitude
 (box heights per second), plus six numbers for the whole frame (mean flow x and y, mean magnitude and the moving
 share of the frame, the box's width/height and its height share of the frame). `flow_window` then gives the
-LSTM the mean and the standard deviation of the last `window` steps' descriptors: the rhythm of a periodic
+LSTM the step's descriptor with the mean and the standard deviation of the last `window` steps' ones: the
+rhythm of a periodic
 motion (walk vs run, wave one hand vs two) shows in a second of them, not in one frame pair.
 
 No torch: the runtime and training both import this.
@@ -25,7 +26,8 @@ import numpy as np
 class FlowFeatures:
     """width: px of the grey frame the flow is computed on (its height keeps the aspect); grid: cells per
     side of the moving box; bins: flow orientations per cell; threshold: the speed, in frame widths per
-    second, above which a pixel moves; window: steps of descriptors pooled (mean and std) for the LSTM."""
+    second, above which a pixel moves; window: steps of descriptors pooled (mean
+    and std, beside the step's own) for the LSTM."""
 
     width: int = 64
     grid: int = 4
@@ -40,7 +42,7 @@ class FlowFeatures:
 
     @property
     def dim(self) -> int:
-        """Numbers per step fed to the LSTM (mean and std of `window` descriptors)."""
+        """Numbers per step fed to the LSTM: the step's descriptor, the mean and the std of `window` of them."""
         return 3 * self.pair_dim
 
     def to_dict(self) -> dict:
@@ -103,8 +105,8 @@ def describe_flow(flow: np.ndarray, dt: float, spec: FlowFeatures) -> np.ndarray
 
 def flow_window(descs: np.ndarray, history: np.ndarray | None,
                 spec: FlowFeatures) -> tuple[np.ndarray, np.ndarray]:
-    """The LSTM's motion input for consecutive steps: per step, the mean and std of its descriptor and the
-    `window - 1` before it. descs: (T, pair_dim) in stream order; history: the descriptors carried from the
+    """The LSTM's motion input for consecutive steps: per step, its descriptor, then the mean and the std of it
+    and the `window - 1` before it. descs: (T, pair_dim) in stream order; history: the descriptors carried from the
     previous call (None at a stream start). Returns ((T, dim) float32, new history). The runtime and training
     both use this function."""
     past = np.zeros((0, spec.pair_dim), np.float32) if history is None else history

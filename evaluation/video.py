@@ -76,7 +76,7 @@ def judge_clips(spec: ModelSpec, engines, clips: list[Clip], progress=None) -> d
         preds = []
         try:
             for step in steps(src, spec.step_ms):
-                for t, probs in rec.advance(step.snap.frame, step.snap.audio, step.t):
+                for t, probs in rec.advance(step.snap.frame, step.snap.audio, step.t, step.snap.frame_t):
                     if t > SETTLE_S + 1e-9:
                         preds.append(int(np.argmax(probs[head])))
         finally:
@@ -102,9 +102,8 @@ def judge_clips(spec: ModelSpec, engines, clips: list[Clip], progress=None) -> d
             "confusion": conf.tolist(), "wrong": wrong}
 
 
-def judge_model(model: str, clips: list[Clip], backend: str = "onnxruntime", progress=None) -> dict:
-    """judge_clips with a model folder's own engines."""
-    spec = load_spec(model)
+def judge_model(spec: ModelSpec, clips: list[Clip], backend: str = "onnxruntime", progress=None) -> dict:
+    """judge_clips with the model's own engines, opened and closed here."""
     engines = open_engines(spec, backend)
     engines.load()
     try:
@@ -113,13 +112,12 @@ def judge_model(model: str, clips: list[Clip], backend: str = "onnxruntime", pro
         engines.close()
 
 
-def evaluate_video(model: str, data_root: Path, out_dir: Path, backend: str = "onnxruntime",
+def evaluate_video(spec: ModelSpec, data_root: Path, out_dir: Path, backend: str = "onnxruntime",
                    progress=None) -> dict:
     """A video model judged on the video test splits of ../shared/data (the clips of the classes it knows):
     writes report.json and confusion.png to out_dir."""
     from actstream.evaluation.eval import plot_confusion
 
-    spec = load_spec(model)
     if "video" not in spec.modalities:
         raise ConfigError(f"model {spec.tag} reads no video: judge it with `actstream eval` on audio")
     classes = spec.heads[video_head(spec)]
@@ -128,7 +126,7 @@ def evaluate_video(model: str, data_root: Path, out_dir: Path, backend: str = "o
     if not clips:
         raise ConfigError(f"model {spec.tag}: none of its classes ({', '.join(classes[:12])}) is in the video test "
                           f"splits of {data_root} (weizmann, ps7, kth): nothing to judge")
-    result = judge_model(model, clips, backend, progress)
+    result = judge_model(spec, clips, backend, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": spec.tag, "data": "video test splits: " + ", ".join(
         f"{d} {'/'.join(sorted(TEST_SPLITS[d]))}" for d in VIDEO_SETS), **result}
@@ -173,7 +171,7 @@ def teaching_protocol(data_root: Path, seeds: list[int], work: Path | None = Non
                 folder = work / f"model_{dataset}_{'-'.join(teach_people)}_{seed}"
                 shutil.rmtree(folder, ignore_errors=True)
                 card = train_folder(manifest, folder, seed=seed, epochs=epochs)
-                r = judge_model(str(folder), judged)
+                r = judge_model(load_spec(str(folder)), judged)
                 r["mirrored"] = card.get("mirrored")
                 case["seeds"][str(seed)] = r
                 done += 1

@@ -210,7 +210,8 @@ class Recognizer(Protocol):
 
     def advance_inputs(self, inputs: Inputs) -> list[Pairs]: ...
 
-    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> Pairs: ...
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float,
+                frame_t: float | None = None) -> Pairs: ...
 
     def flush(self) -> Pairs: ...
 
@@ -246,10 +247,12 @@ class _Core:
             embs["flow"], self._flow_history = flow_window(embs["flow"], self._flow_history, self.spec.flow)
         return embs
 
-    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float) -> Pairs:
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float,
+                frame_t: float | None = None) -> Pairs:
         """One step: frame BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused); audio:
-        mono float32 samples ending at t (at least one window; shorter is padded) or None; t: media time (s)."""
-        return self.advance_inputs(self._prepare([Snapshot(t, frame, audio, 0.0)]))[0]
+        mono float32 samples ending at t (at least one window; shorter is padded) or None; t: media time (s);
+        frame_t: the frame's own time (s; None: t), which the motion stream measures speeds by."""
+        return self.advance_inputs(self._prepare([Snapshot(t, frame, audio, 0.0, frame_t)]))[0]
 
 
 class CausalRecognizer(_Core):
@@ -456,9 +459,9 @@ class LabelPolicy:
         """Per prepared step, the labels it produces."""
         return [self.label(pairs) for pairs in self.recognizer.advance_inputs(inputs)]
 
-    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None,
-                t: float) -> list[tuple[float, dict[str, HeadLabel]]]:
-        return self.label(self.recognizer.advance(frame, audio, t))
+    def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float,
+                frame_t: float | None = None) -> list[tuple[float, dict[str, HeadLabel]]]:
+        return self.label(self.recognizer.advance(frame, audio, t, frame_t))
 
     def flush(self) -> list[tuple[float, dict[str, HeadLabel]]]:
         return self.label(self.recognizer.flush())

@@ -106,7 +106,7 @@ def test_teaching_three_square_motions_recognises_a_new_render(tmp_path, monkeyp
         got = [m["label"] for m in map(json.loads, out.read_text().splitlines()) if m["topic"] == "activity"]
         assert got[5:].count(way) / len(got[5:]) >= 0.8, (way, got)
     # eval's judge (the step path, clips by the majority of their steps after 1 s) agrees
-    judged = judge_model(str(tmp_path / "m"), held)
+    judged = judge_model(load_spec(str(tmp_path / "m")), held)
     assert judged["clip_accuracy"] == 1.0 and judged["per_person"] == {"someone": 1.0}, judged
     assert np.trace(judged["confusion"]) == 3 and judged["wrong"] == []
     # `actstream eval` judges video models on the shared video test splits: these classes are not there
