@@ -144,6 +144,13 @@ def _write_stats(path: str, summary) -> None:
 
 
 def _check_modalities(spec, has_audio: bool, has_video: bool, what: str) -> None:
+    if spec.head_inputs is not None:  # each head publishes where its input is: one head with input is enough
+        have = {m for m, ok in (("audio", has_audio), ("video", has_video)) if ok}
+        if not any(set(need) <= have for need in spec.head_inputs.values()):
+            raise SourceError(f"{what}: has no {' and no '.join(spec.modalities)}, and every head of model "
+                              f"{spec.name} needs one: pass a recording or devices with "
+                              f"{' or '.join(spec.modalities)}")
+        return
     if "audio" in spec.modalities and not has_audio:
         raise SourceError(f"{what}: has no audio, but model {spec.name} ({spec.arch}) needs audio: "
                           f"pass --audio FILE (replay) or a microphone, or use a video model")
@@ -416,6 +423,12 @@ def cmd_eval(args) -> int:
     report = evaluate_shared(args.model, Path(args.data), Path(args.out), args.compare or [], args.timelines,
                              args.seconds, backend=args.backend or cfg.model.backend, policy_cfg=cfg.policy,
                              progress=_progress())
+    if "video" in spec.modalities:  # a model that looks and listens (the default): its eyes too, in out/video/
+        from actstream.evaluation.video import evaluate_video
+
+        report["video"] = evaluate_video(spec, Path(args.data), Path(args.out) / "video",
+                                         backend=args.backend or cfg.model.backend, progress=_progress())
+        (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

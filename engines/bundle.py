@@ -70,6 +70,9 @@ class ModelSpec:
     motion: bool = False  # video input = embedding minus its running mean (models.video_motion)
     flow: FlowFeatures | None = None  # the motion stream (engines/flow.py): an LSTM input named "flow"
     step_ms: int = DEFAULT_STEP_MS  # the step the model was trained at: the runtime must step at the same rate
+    # head -> the input streams it needs (of `modalities`); None: every head needs every stream (and the model
+    # takes no `present` input). With it, a head is published only at steps where its streams are present.
+    head_inputs: dict[str, tuple[str, ...]] | None = None
     card: dict = field(default_factory=dict)
     folder: Path | None = None
 
@@ -85,6 +88,15 @@ class ModelSpec:
         if self.flow is not None:
             dims["flow"] = self.flow.dim
         return dims
+
+    @property
+    def presence(self) -> tuple[str, ...]:
+        """The input streams the LSTM is told the presence of at each step (models with head_inputs)."""
+        return self.modalities if self.head_inputs is not None else ()
+
+    def inputs_of(self, head: str) -> tuple[str, ...]:
+        """The input streams a head's labels come from."""
+        return self.head_inputs[head] if self.head_inputs is not None else self.modalities
 
     @property
     def step_s(self) -> float:
@@ -106,6 +118,8 @@ class ModelSpec:
                 "audio_dim": self.audio_dim, "hidden": self.hidden, "proj": self.proj,
                 "lookahead": self.lookahead, "motion": self.motion,
                 "flow": self.flow.to_dict() if self.flow else None, "step_ms": self.step_ms,
+                **({"head_inputs": {h: list(v) for h, v in self.head_inputs.items()}}
+                   if self.head_inputs is not None else {}),
                 "card": self.card}
 
     def new_audio_cnn(self) -> AudioCNN:
@@ -117,7 +131,8 @@ class ModelSpec:
         from actstream.engines.models import Temporal
 
         return Temporal(self.dims, {h: len(c) for h, c in self.heads.items()}, hidden=self.hidden,
-                        proj=self.proj, bidirectional=not self.causal, modality_dropout=modality_dropout)
+                        proj=self.proj, bidirectional=not self.causal, modality_dropout=modality_dropout,
+                        presence=self.presence)
 
 
 def resolve_model(path_or_name: str) -> Path:
@@ -292,6 +307,23 @@ def _parse_flow(c: _Checker, flow: Any) -> FlowFeatures:
     return FlowFeatures(**{**f, "threshold": float(f["threshold"])})
 
 
+def _parse_head_inputs(c: _Checker, value: Any, heads: dict[str, list[str]],
+                       streams: tuple[str, ...]) -> dict[str, tuple[str, ...]] | None:
+    """head_inputs: every head, each with a non-empty list of the arch's input streams (no repeats)."""
+    if value is None:
+        return None
+    c.keys("head_inputs", value, set(heads))
+    out = {}
+    for head in heads:
+        need = value[head]
+        if (not isinstance(need, list) or not need or len(set(map(str, need))) != len(need)
+                or not all(isinstance(m, str) and m in streams for m in need)):
+            c.fail(f"head_inputs.{head}", need, f"a list of the input streams the head needs, of "
+                   f"{', '.join(streams)}")
+        out[head] = tuple(m for m in streams if m in need)
+    return out
+
+
 def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     """model.json's schema, checked by hand (the jsonschema package is a test-time dependency only)."""
     c = _Checker(path)
@@ -302,7 +334,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
         raise EngineError(f"{path} has format {show_value(fmt)}, this actstream reads format {FORMAT}: retrain the "
                           f"model or upgrade actstream")
     c.keys("model.json", data, {"format", "name", "arch", "heads", "audio_dim", "hidden", "proj"},
-           {"audio", "video", "lookahead", "motion", "flow", "step_ms", "card"})
+           {"audio", "video", "lookahead", "motion", "flow", "step_ms", "head_inputs", "card"})
     name = c.text("name", data["name"], 128)
     arch = data["arch"]
     if not isinstance(arch, str) or arch not in ARCHS:
@@ -327,6 +359,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
     step_ms = c.int_in("step_ms", data.get("step_ms", DEFAULT_STEP_MS), *STEP_MS_RANGE)
     if step_ms % 10:
         c.fail("step_ms", step_ms, "a multiple of 10")
+    head_inputs = _parse_head_inputs(c, data.get("head_inputs"), heads, ARCHS[arch])
     card = data.get("card", {})
     if not isinstance(card, dict):
         c.fail("card", card, "a JSON object (the model card)")
@@ -335,7 +368,7 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
                                                              and version.isprintable())):
         c.fail("card.version", version, "an integer from 0, or a short text")
     return ModelSpec(name=name, arch=arch, heads=heads, **features, **dims, lookahead=lookahead,
-                     motion=motion, flow=flow, step_ms=step_ms, card=card, folder=folder)
+                     motion=motion, flow=flow, step_ms=step_ms, head_inputs=head_inputs, card=card, folder=folder)
 
 
 def load_spec(path_or_name: str) -> ModelSpec:
@@ -351,7 +384,8 @@ def expected_io(spec: ModelSpec) -> dict[str, tuple[dict[str, tuple], dict[str, 
     goes (batch, time, LSTM layers). The temporal network has one output per head, with len(classes) columns
     (engines/export.py)."""
     state = (None, 1, spec.hidden)
-    io = {"temporal": ({**{m: (1, None, d) for m, d in spec.dims.items()}, "h0": state, "c0": state},
+    present = {"present": (1, None, len(spec.presence))} if spec.presence else {}
+    io = {"temporal": ({**{m: (1, None, d) for m, d in spec.dims.items()}, **present, "h0": state, "c0": state},
                        {**{h: (1, None, len(c)) for h, c in spec.heads.items()}, "hn": state, "cn": state})}
     if "audio" in spec.modalities:
         io["audio_encoder"] = ({"logmel": (None, spec.audio.frames, spec.audio.n_mels)},
@@ -487,7 +521,8 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
                 enc["video"] = CudaGraphEngine("video_encoder", pretrained,
                                                "image", "embedding", (3, spec.video.size, spec.video.size),
                                                channels_last=True, frames=spec.video)
-            step = {m: (1, 1, d) for m, d in spec.dims.items()} | {s: (1, 1, spec.hidden) for s in ("h0", "c0")}
+            step = ({m: (1, 1, d) for m, d in spec.dims.items()} | {s: (1, 1, spec.hidden) for s in ("h0", "c0")}
+                    | ({"present": (1, 1, len(spec.presence))} if spec.presence else {}))
             return Engines(enc, CudaEagerEngine("temporal", lambda: modules()[1], inputs, outputs,
                                                 step))
         enc = {}

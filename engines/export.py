@@ -41,14 +41,15 @@ def export_video_encoder(cnn: nn.Module, size: int, path: Path) -> None:
 
 def temporal_io(temporal: Temporal) -> tuple[list[str], list[str]]:
     """The temporal engine's input names (modalities, h0, c0) and output names (heads, hn, cn)."""
-    return [*temporal.modalities, "h0", "c0"], [*temporal.head_names, "hn", "cn"]
+    return [*temporal.input_names, "h0", "c0"], [*temporal.head_names, "hn", "cn"]
 
 
 def export_temporal(temporal: Temporal, dims: dict[str, int], path: Path) -> None:
-    """modalities (1, T, D) + h0, c0 -> head probabilities (1, T, classes) + hn, cn; T is dynamic, so one
+    """modalities (1, T, D) [+ present (1, T, streams)] + h0, c0 -> head probabilities (1, T, classes) + hn, cn; T is dynamic, so one
     file serves one step at a time (T = 1) and whole sequences."""
     h0, c0 = temporal.zero_state(1)
-    args = (*[torch.zeros(1, 4, dims[m]) for m in temporal.modalities], h0, c0)
+    present = [torch.ones(1, 4, len(temporal.presence))] if temporal.presence else []
+    args = (*[torch.zeros(1, 4, dims[m]) for m in temporal.modalities], *present, h0, c0)
     inputs, outputs = temporal_io(temporal)
-    dynamic = {m: {1: "T"} for m in temporal.modalities} | {h: {1: "T"} for h in temporal.head_names}
+    dynamic = {m: {1: "T"} for m in temporal.input_names} | {h: {1: "T"} for h in temporal.head_names}
     _export(temporal, args, path, inputs, outputs, dynamic)

@@ -56,20 +56,32 @@ class AudioCNN(nn.Module):
         return self.proj(x)
 
 
+def stream_of(part: str) -> str:
+    """The input stream an LSTM input comes from: the flow is computed on the video."""
+    return "video" if part == "flow" else part
+
+
 class Temporal(nn.Module):
     """Fusion, LSTM and label heads.
 
     Each modality's embedding is normalized and projected to `proj` features; the projections of one step are
     concatenated (the fusion happens on the step clock) and fed to the LSTM. The state is explicit: forward
     takes (h0, c0) and returns (hn, cn), so a stream carries it from step to step.
+
+    presence: the input streams (e.g. ("video", "audio")) whose presence the model is told at every step, or
+    () for a model that always has all of them. With it, the network takes a `present` input (N, T, streams)
+    of 1.0 / 0.0 and a missing stream's projections are zeros, as modality dropout taught it; the flow is part
+    of the video stream.
     """
 
     def __init__(self, modalities: dict[str, int], heads: dict[str, int], hidden: int = 128, proj: int = 128,
-                 bidirectional: bool = False, modality_dropout: float = 0.0):
+                 bidirectional: bool = False, modality_dropout: float = 0.0, presence: tuple[str, ...] = ()):
         super().__init__()
+        self.presence = list(presence)
+        self.part_stream = [self.presence.index(stream_of(m)) for m in modalities] if presence else []
         # training only: each sequence loses each input (projected to zeros) with this probability, never all of
-        # them, so the LSTM learns to do without any one stream (a camera that drops out, appearance that
-        # belongs to one person)
+        # them (with presence: never all of one stream's), so the LSTM learns to do without any one (a camera
+        # that drops out, appearance that belongs to one person)
         self.modality_dropout = modality_dropout
         self.modalities = list(modalities)
         self.head_names = list(heads)
@@ -90,20 +102,33 @@ class Temporal(nn.Module):
     def logits(self, embeddings: dict[str, torch.Tensor], h0: torch.Tensor, c0: torch.Tensor):
         """embeddings: modality -> (N, T, D). Returns ({head: (N, T, classes) logits}, hn, cn)."""
         parts = [self.inputs[m](embeddings[m]) for m in self.modalities]
+        if self.presence:  # a missing stream's projections are zeros
+            present = embeddings["present"]
+            parts = [p * present[..., s:s + 1].to(p.dtype) for p, s in zip(parts, self.part_stream)]
         if self.training and self.modality_dropout > 0 and len(parts) > 1:
             n = parts[0].shape[0]
             keep = torch.rand(n, len(parts)) >= self.modality_dropout
-            none = ~keep.any(dim=1)
-            keep[none, torch.randint(len(parts), (int(none.sum()),))] = True  # never all of them
+            # never all of them; with presence, never all of one stream's (its heads are taught from it)
+            groups = ([[i for i, s in enumerate(self.part_stream) if s == g] for g in range(len(self.presence))]
+                      if self.presence else [list(range(len(parts)))])
+            for idx in groups:
+                none = (~keep[:, idx].any(dim=1)).nonzero().squeeze(1)
+                keep[none, torch.tensor(idx)[torch.randint(len(idx), (len(none),))]] = True
             parts = [p * keep[:, i, None, None].to(p.dtype) for i, p in enumerate(parts)]
         x = torch.cat(parts, dim=-1)
         y, (hn, cn) = self.lstm(x, (h0, c0))
         return {h: self.heads[h](y) for h in self.head_names}, hn, cn
 
+    @property
+    def input_names(self) -> list[str]:
+        """The per-step inputs in ONNX order: the modalities, then `present` where the model has it."""
+        return [*self.modalities, *(["present"] if self.presence else [])]
+
     def forward(self, *args: torch.Tensor):
-        """Positional inputs in `self.modalities` order, then h0, c0 (the ONNX signature).
+        """Positional inputs in `input_names` order, then h0, c0 (the ONNX signature).
         Returns head probabilities in `self.head_names` order, then hn, cn."""
-        embeddings = dict(zip(self.modalities, args[:len(self.modalities)]))
-        h0, c0 = args[len(self.modalities):]
+        names = self.input_names
+        embeddings = dict(zip(names, args[:len(names)]))
+        h0, c0 = args[len(names):]
         logits, hn, cn = self.logits(embeddings, h0, c0)
         return (*[torch.softmax(logits[h], dim=-1) for h in self.head_names], hn, cn)

@@ -12,6 +12,7 @@ the test people), for several seeds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -26,7 +27,7 @@ from actstream.engines.bundle import ModelSpec, load_spec, open_engines
 from actstream.stream.core import CausalRecognizer
 from actstream.stream.sources import FileSource
 from actstream.stream.steps import steps
-from actstream.training.data import TEST_SPLITS
+from actstream.training.data import ACTION_ALIASES, TEST_SPLITS
 
 log = logging.getLogger(__name__)
 VIDEO_SETS = ("weizmann", "ps7", "kth")
@@ -49,6 +50,13 @@ def shared_video_clips(root: Path, dataset: str, people: set[str] | None = None)
     with manifest.open() as fh:
         return [Clip(root / r["path"], r["label"], r["subject_or_fold"], dataset) for r in csv.DictReader(fh)
                 if people is None or r["subject_or_fold"] in people]
+
+
+def _named(clip: Clip, classes: list[str]) -> Clip:
+    """The clip under the model's name for its action where the default model's action head renames it
+    (PS7's `wave` is `wave1`), else as it is."""
+    alias = ACTION_ALIASES.get(clip.dataset, {}).get(clip.label)
+    return dataclasses.replace(clip, label=alias) if clip.label not in classes and alias in classes else clip
 
 
 def video_head(spec: ModelSpec) -> str:
@@ -121,7 +129,7 @@ def evaluate_video(spec: ModelSpec, data_root: Path, out_dir: Path, backend: str
     if "video" not in spec.modalities:
         raise ConfigError(f"model {spec.tag} reads no video: judge it with `actstream eval` on audio")
     classes = spec.heads[video_head(spec)]
-    clips = [c for d in VIDEO_SETS for c in shared_video_clips(data_root, d, TEST_SPLITS[d])
+    clips = [c for d in VIDEO_SETS for c in (_named(c, classes) for c in shared_video_clips(data_root, d, TEST_SPLITS[d]))
              if c.label in classes]
     if not clips:
         raise ConfigError(f"model {spec.tag}: none of its classes ({', '.join(classes[:12])}) is in the video test "

@@ -140,8 +140,9 @@ class CameraCapture:
             self._gen += 1  # abandon the reader
             if self._reader.is_alive():
                 raise SourceError(f"camera {self.device!r} did not give a frame within {self.open_timeout_s:.0f} s: "
-                                  f"check the device or URL (`actstream devices`)")
-            raise SourceError(f"camera {self.device!r} cannot be opened or gives no frames: check `actstream devices`")
+                                  f"check the device or URL (`actstream devices`), or pass --camera none")
+            raise SourceError(f"camera {self.device!r} cannot be opened or gives no frames: check `actstream devices`, "
+                              f"or pass --camera none to run without it")
         self.state = "ok"
         self._watchdog = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
         self._watchdog.start()

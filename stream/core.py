@@ -46,7 +46,8 @@ class Inputs:
     engine that takes frames, or None; frame_of: per step, the row of `images`, or -1 when the step has no new
     frame (none yet, or the same as the previous step's: the last embedding holds); grays: per row of
     `images`, the small grey frame the motion stream's flow is computed on (models with `flow`), else None,
-    and gray_ts the frames' own times (s)."""
+    and gray_ts the frames' own times (s); present: (T, streams) 1.0 where the step has that input stream (a
+    frame, an audio window), in spec.presence order, for models told their inputs' presence, else None."""
 
     ts: list[float]
     mels: np.ndarray | None
@@ -54,6 +55,7 @@ class Inputs:
     frame_of: list[int]
     grays: list[np.ndarray] | None = None
     gray_ts: list[float] | None = None
+    present: np.ndarray | None = None
 
 
 def _batch_logmel(windows: list[np.ndarray], spec, step: int) -> np.ndarray:
@@ -94,11 +96,13 @@ class Prepare:
         return x
 
     def __call__(self, snaps) -> Inputs:
-        ts, windows, images, frame_of = [], [], [], []
+        ts, windows, images, frame_of, present = [], [], [], [], []
         grays = [] if self.spec.flow is not None and self.use_video else None
         gray_ts = [] if grays is not None else None
         for snap in snaps:
             ts.append(snap.t)
+            present.append([snap.frame is not None if m == "video" else snap.audio is not None
+                            for m in self.spec.presence])
             if self.use_audio:
                 windows.append(snap.audio if snap.audio is not None else np.zeros(0, np.float32))
             if self.use_video:
@@ -124,7 +128,8 @@ class Prepare:
             t0 = time.perf_counter()
             mels = _batch_logmel(windows, self.spec.audio, self.step_samples)
             self.times.add("audio_frontend", time.perf_counter() - t0)
-        return Inputs(ts, mels, np.stack(images) if images else None, frame_of, grays, gray_ts)
+        return Inputs(ts, mels, np.stack(images) if images else None, frame_of, grays, gray_ts,
+                      np.asarray(present, np.float32) if self.spec.presence else None)
 
 
 @dataclass
@@ -159,7 +164,7 @@ def flow_descriptors(spec: ModelSpec, inputs: Inputs, state: VideoState) -> np.n
 def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
            state: VideoState) -> dict[str, np.ndarray]:
     """The encoders over prepared steps: LSTM input name -> (T, D) embeddings; `state` carries the video
-    encoders' memory to the next call. Training computes its cached embeddings with this same function
+    encoders' memory to the next call (and `present`, the steps' input streams, for models told it). Training computes its cached embeddings with this same function
     (training/teach.py). Motion features over several steps (the running mean of video embeddings, the flow
     window), where the model uses them, are added by the recognizer."""
     clock = time.perf_counter
@@ -188,6 +193,8 @@ def encode(spec: ModelSpec, engines: Engines, times: StageTimes, inputs: Inputs,
         t0 = clock()
         embs["flow"] = flow_descriptors(spec, inputs, state)
         times.add("flow", clock() - t0)
+    if inputs.present is not None:
+        embs["present"] = inputs.present
     return embs
 
 
@@ -247,6 +254,21 @@ class _Core:
             embs["flow"], self._flow_history = flow_window(embs["flow"], self._flow_history, self.spec.flow)
         return embs
 
+    def _published(self, probs: dict[str, np.ndarray], present: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The heads whose input streams the step has (every head for a model not told its inputs' presence):
+        a silent video gives no audio labels, a camera that drops out stops the visual ones."""
+        if present is None:
+            return probs
+        have = {m for m, p in zip(self.spec.presence, present) if p > 0}
+        return {h: p for h, p in probs.items() if set(self.spec.inputs_of(h)) <= have}
+
+    def _presence(self, embeddings: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """embeddings with `present` for a model told it: all streams present where the caller has not said
+        (calibration's precomputed embeddings)."""
+        if self.spec.presence and "present" not in embeddings:
+            return {**embeddings, "present": np.ones((n, len(self.spec.presence)), np.float32)}
+        return embeddings
+
     def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float,
                 frame_t: float | None = None) -> Pairs:
         """One step: frame BGR uint8 (H, W, 3) or None (no new frame: the last embedding is reused); audio:
@@ -305,6 +327,8 @@ class CausalRecognizer(_Core):
         results: list[dict[str, np.ndarray]] = []
         clock = time.perf_counter
         i, n = 0, len(ts)
+        embeddings = self._presence(embeddings, n)
+        present = embeddings.get("present")
         while i < n:
             self._keep_continuity(ts[i])
             j = i + 1
@@ -317,7 +341,8 @@ class CausalRecognizer(_Core):
             self._h, self._c = out["hn"], out["cn"]
             self._last_t = ts[j - 1]
             self.times.steps += j - i
-            results += [{h: out[h][0, k] for h in self.spec.heads} for k in range(j - i)]
+            results += [self._published({h: out[h][0, k] for h in self.spec.heads},
+                                        present[i + k] if present is not None else None) for k in range(j - i)]
             i = j
         return results
 
@@ -350,16 +375,18 @@ class LookaheadRecognizer(_Core):
         """Probabilities for buffered step k from the window around it."""
         lo = max(0, k - self.context)
         hi = min(len(self._embs), k + self.lookahead + 1)
-        feeds = {m: np.concatenate([e[m] for e in self._embs[lo:hi]])[None] for m in self.spec.dims}
+        feeds = {m: np.concatenate([e[m] for e in self._embs[lo:hi]])[None] for m in self._embs[k]}
         h = np.zeros((2, 1, self.spec.hidden), np.float32)
         t0 = time.perf_counter()
         out = self.engines.temporal.run({**feeds, "h0": h, "c0": h})
         self.times.add("lstm", time.perf_counter() - t0)
-        return {head: out[head][0, k - lo] for head in self.spec.heads}
+        present = self._embs[k].get("present")
+        return self._published({head: out[head][0, k - lo] for head in self.spec.heads},
+                               present[0] if present is not None else None)
 
     def advance_inputs(self, inputs: Inputs) -> list[Pairs]:
         """Buffer each step; per step, the (time, probabilities) of the step `lookahead` steps back, if any."""
-        embs = self._encode(inputs)
+        embs = self._presence(self._encode(inputs), len(inputs.ts))
         produced = []
         for i, t in enumerate(inputs.ts):
             self._embs.append({m: e[i:i + 1] for m, e in embs.items()})
@@ -452,8 +479,18 @@ class LabelPolicy:
             h.reset()
 
     def label(self, pairs) -> list[tuple[float, dict[str, HeadLabel]]]:
-        """Labels for (time, probabilities) pairs, in order."""
-        return [(t, {h: self.heads[h].update(p[h], t) for h in self.heads}) for t, p in pairs]
+        """Labels for (time, probabilities) pairs, in order: for the heads the probabilities have (a head
+        whose input is missing at a step has none; its smoothing starts afresh when the input is back)."""
+        out = []
+        for t, p in pairs:
+            labels = {}
+            for h, policy in self.heads.items():
+                if h in p:
+                    labels[h] = policy.update(p[h], t)
+                else:
+                    policy.reset()
+            out.append((t, labels))
+        return out
 
     def advance_inputs(self, inputs: Inputs) -> list[list[tuple[float, dict[str, HeadLabel]]]]:
         """Per prepared step, the labels it produces."""

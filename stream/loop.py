@@ -75,6 +75,8 @@ class StepLoop:
         self.on_step = None  # optional callable(Snapshot) after each step's labels are published
         self.stop_event = threading.Event()
         self._latencies: list[float] = []
+        # a model told its inputs' presence publishes the heads whose input is there: status names them
+        self._heads_now: list[str] | None = [] if policy.recognizer.spec.head_inputs is not None else None
 
     @staticmethod
     def batched_possible(policy: LabelPolicy, realtime: bool) -> bool:
@@ -87,6 +89,8 @@ class StepLoop:
         health = self.source.health()
         if health is not None:  # live devices: ok / stalled / lost / reconnecting, with counts
             extra["devices"] = health
+        if self._heads_now is not None:
+            extra["heads"] = list(self._heads_now)
         if self.publisher.bus_overflows:  # a subscriber's queue hit the high-water mark: ZeroMQ dropped for it
             extra["bus_overflows"] = dict(self.publisher.bus_overflows)
         if self.realtime:
@@ -178,6 +182,8 @@ class StepLoop:
     def _publish_labels(self, produced, wall: float) -> None:
         extra = {"delay_s": self.policy.delay_s} if self.policy.delay_s else {}
         for t_label, labels in produced:
+            if self._heads_now is not None:
+                self._heads_now = list(labels)
             for head, lab in labels.items():
                 self.publisher.publish(head, t_label, wall, lab.label, lab.score, lab.scores, changed=lab.changed,
                                        **extra)

@@ -397,7 +397,9 @@ class ArraySource:
 class LiveSource:
     """Webcam and/or microphone, each a supervised capture (stream/capture.py), read at each step on the
     wall clock. A device that stalls or is lost is reconnected in the background; meanwhile the model gets
-    no new frame (the last embedding is reused) or silence, and `health()` says so in every status."""
+    no frame (the last embedding is reused) or no audio (silence), and `health()` says so in every status.
+    A model that knows which heads need which input (model.json head_inputs) publishes only the heads whose
+    input is there: a camera that drops out leaves the audio labels running."""
 
     live = True
 
@@ -445,8 +447,7 @@ class LiveSource:
                 audio = ring.read(ring.written, self.window, self._buf).copy()
                 if ring.written:
                     walls.append(ring.wall)
-            else:
-                audio = np.zeros(self.window, dtype=np.float32)
+            # else no audio: a model told its inputs' presence stops the audio heads; another hears silence
         return Snapshot(t, frame, audio, min(walls) if walls else time.time(), frame_wall)
 
     def drops(self) -> dict[str, int]:

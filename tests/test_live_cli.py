@@ -106,15 +106,16 @@ def test_signal_mid_stream_stops_cleanly(pulse, tmp_path, port, sig):
 
 
 def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, monkeypatch):
-    """A hybrid model on an HTTP camera and the pulse microphone. The camera goes away for three seconds:
-    the status says so, labels keep coming every step (audio and the last video embedding), and the
-    camera is reconnected when it is back."""
+    """A hybrid model that knows which input each head needs (as the default does), on an HTTP camera and the
+    pulse microphone. The camera goes away for a few seconds: the status says so, the audio head keeps its
+    label every step, the visual head stops while the camera is gone and comes back with it."""
     from actstream.engines.bundle import ModelSpec, load_spec, save_model
     from actstream.engines.features import VideoFeatures
 
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
-    spec = ModelSpec(name="hybrid-live", arch="hybrid", heads={"activity": ["a", "b"]},
-                     audio=load_spec("default").audio, video=VideoFeatures(), card={"version": 0})
+    spec = ModelSpec(name="hybrid-live", arch="hybrid", heads={"activity": ["a", "b"], "action": ["c", "d"]},
+                     audio=load_spec("default").audio, video=VideoFeatures(), card={"version": 0},
+                     head_inputs={"activity": ("audio",), "action": ("video",)})
     torch.manual_seed(0)  # untrained: what is checked is the path through the outage, not the labels
     save_model(spec, tmp_path / "hybrid", spec.new_audio_cnn(), spec.new_temporal())
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -124,7 +125,7 @@ def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, mo
         proc = start_live("--camera", cam.url, "--mic", "pulse", "--model", str(tmp_path / "hybrid"),
                           "--publish", endpoint, "--config", str(_config(tmp_path)))
         try:
-            listener.wait_for(lambda m: m["topic"] == "activity" and m["seq"] >= 10, 120, "labels before the outage")
+            listener.wait_for(lambda m: m["topic"] == "action" and m["seq"] >= 10, 120, "labels before the outage")
             cam.gone.set()
             listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok", 30,
                               "a status saying the camera is down")
@@ -132,16 +133,27 @@ def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, mo
             cam.gone.clear()
             listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] == "ok"
                               and m["devices"]["camera"]["reconnects"] >= 1, 30, "the camera back")
+            listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["reconnects"] >= 1
+                              and m["heads"] == ["activity", "action"], 30, "the visual head back")
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
     listener.join(10)
     assert proc.returncode == 0, err
-    act = [m for m in listener.msgs if m["topic"] == "activity"]
-    assert [m["seq"] for m in act] == list(range(len(act)))  # a label every step, through the outage
-    down = [m for m in listener.msgs if m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok"]
+    msgs = listener.msgs
+    act = [m for m in msgs if m["topic"] == "activity"]
+    assert [m["seq"] for m in act] == list(range(len(act)))  # the audio head: a label every step
+    assert [round(b["t"] - a["t"], 3) for a, b in zip(act, act[1:])] == [0.1] * (len(act) - 1)
+    # while the camera is down (from the first status that says so to the last), the visual head is silent
+    down = [m for m in msgs if m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok"
+            and m["t"] > act[0]["t"]]
     assert down and all(m["devices"]["mic"]["state"] == "ok" for m in down)
     assert {m["devices"]["camera"]["state"] for m in down} <= {"lost", "stalled", "reconnecting"}
+    # (the first such status may race the step it follows, which still had a fresh frame)
+    assert len(down) >= 2 and all(m["heads"] == ["activity"] for m in down[1:])
+    action_t = [m["t"] for m in msgs if m["topic"] == "action"]
+    assert not [t for t in action_t if down[0]["t"] < t <= down[-1]["t"]]
+    assert max(action_t) > down[-1]["t"]  # back with the camera
 
 
 def _config(tmp_path):

@@ -27,6 +27,26 @@ TEST_SPLITS = {"librispeech_test_other": None, "dcase2016_task2": {"fold5"}, "fs
                "kth": {"person04"}, "grid_av": None, "weizmann": {"ira", "lena"}, "ps7": {"P2"}}
 
 
+# The visual `action` head of the default model: what the video training splits teach, by their names in
+# ../shared/data. PS7's one-hand `wave` is Weizmann's `wave1` (one action, one name); KTH teaches `boxing` (two
+# training people, one test person), not `handclapping` or `jogging` (one person each, none to judge them on);
+# `still` is no motion, taught from held frames of every training recording.
+WEIZMANN_ACTIONS = ["bend", "jack", "jump", "pjump", "run", "side", "skip", "walk", "wave1", "wave2"]
+STILL = "still"
+ACTION_SETS = {"weizmann": None, "ps7": None, "kth": {"boxing"}}  # dataset -> the labels taught (None: all)
+ACTION_ALIASES = {"ps7": {"wave": "wave1"}}  # dataset -> {its label: the action head's name}
+ACTION_CLASSES = [*WEIZMANN_ACTIONS, "arms_up_front", "arms_up_side", "boxing", STILL]
+
+
+def action_label(dataset: str, label: str) -> str | None:
+    """The action head's class for a video recording's label, or None where the head does not teach it."""
+    taught = ACTION_SETS.get(dataset, set())
+    if taught is not None and label not in taught:
+        return None
+    label = ACTION_ALIASES.get(dataset, {}).get(label, label)
+    return label if label in ACTION_CLASSES else None
+
+
 @dataclass
 class Clip:
     audio: np.ndarray
@@ -60,6 +80,22 @@ def shared_clips(root: Path, rate: int = 16000) -> list[Clip]:
     return clips
 
 
+def shared_action_rows(root: Path, test: bool = False) -> list[tuple[Path, str, str, str]]:
+    """(path, action class, person, dataset) of the video recordings the action head teaches: the training
+    splits (test=False) or the test splits (test=True) of ../shared/data."""
+    rows = []
+    for dataset in ACTION_SETS:
+        manifest = root / "manifests" / f"{dataset}.csv"
+        if not manifest.is_file():
+            raise SourceError(f"{manifest} not found: pass --data pointing at the shared data folder")
+        with manifest.open() as fh:
+            for row in csv.DictReader(fh):
+                label = action_label(dataset, row["label"])
+                if label is not None and is_test(dataset, row["subject_or_fold"]) == test:
+                    rows.append((root / row["path"], label, row["subject_or_fold"], dataset))
+    return rows
+
+
 def background(n: int, rng: np.random.Generator) -> np.ndarray:
     """Room-like background: coloured noise at -75..-45 dBFS, sometimes a hum, sometimes digital silence."""
     if rng.random() < 0.1:
@@ -76,11 +112,14 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
-                  step: int = 1600, hold: int = 2400, speech_share: float = 0.4):
+                  step: int = 1600, hold: int = 2400, speech_share: float = 0.4,
+                  speech_gain_db: tuple[float, float] = (-30.0, -1.0)):
     """One stream-like timeline of about `seconds`: returns (samples, activity per step, speech per step).
 
     Each segment is speech with probability `speech_share`, else an event of a class drawn uniformly (so rare
-    classes are not drowned by the many speech clips). Step k's truth is the class active in the last `hold`
+    classes are not drowned by the many speech clips), at a peak level drawn from -30..-1 dBFS (speech: from
+    `speech_gain_db`; training teaches quieter speech than it is judged on).
+    Step k's truth is the class active in the last `hold`
     samples before k * step (quiet when none), so short events still own the steps that first see them.
     """
     by_class: dict[str, list[Clip]] = {}
@@ -104,7 +143,7 @@ def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, r
             a = a[cut:]
         a = a[: n - pos]
         peak = np.max(np.abs(a)) + 1e-9
-        gain = 10 ** (rng.uniform(-30, -1) / 20) / peak
+        gain = 10 ** (rng.uniform(*(speech_gain_db if c.speech else (-30.0, -1.0))) / 20) / peak
         x[pos:pos + len(a)] += a * gain
         act[pos:pos + len(a)] = ACTIVITY_CLASSES.index(c.activity)
         sp[pos:pos + len(a)] = int(c.speech)

@@ -258,6 +258,32 @@ def speed_up(descs: np.ndarray, rate: float) -> np.ndarray:
     return out
 
 
+def teach_pieces(rng: np.random.Generator, spec: ModelSpec, pool: list[list[int]], embs: list[list[dict]],
+                 labels: np.ndarray, xs: dict[str, np.ndarray], ys: np.ndarray, b: int) -> None:
+    """Fill sequence b of xs (cached embeddings, (N, T, D)) and ys (class per step) with random pieces (1-4 s)
+    of recordings: a class drawn uniformly from pool (the recordings of each class: class balance), a variant
+    of the recording (embs[k]: as recorded, mirrored) and a speed (SPEEDS) at random: transitions at random
+    points, motion at the speeds people differ by."""
+    seq, pos = ys.shape[1], 0
+    while pos < seq:
+        ks = pool[int(rng.integers(len(pool)))]
+        k = ks[int(rng.integers(len(ks)))]
+        v = embs[k][int(rng.integers(len(embs[k])))]
+        rate = float(np.exp(rng.uniform(*np.log(SPEEDS)))) if spec.flow is not None else 1.0
+        n_steps = len(next(iter(v.values())))
+        span = max(1, int(n_steps / rate))  # steps the piece can last at this speed
+        length = min(int(rng.integers(10, 41)), seq - pos, span)
+        start = int(rng.integers(0, span - length + 1))
+        idx = np.minimum(((start + np.arange(length)) * rate).astype(np.int64), n_steps - 1)
+        for m in spec.modalities:
+            if m in v:
+                xs[m][b, pos:pos + length] = v[m][idx]
+        if spec.flow is not None:
+            xs["flow"][b, pos:pos + length] = speed_up(v["flow"][idx], rate)
+        ys[b, pos:pos + length] = labels[k]
+        pos += length
+
+
 def _split_groups(items: list[Item], rng: np.random.Generator) -> set[str]:
     """Validation groups: one group per class, only where the class keeps another group for training."""
     held: set[str] = set()
@@ -378,29 +404,11 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
     pool = by_class(tr)  # `sample` draws from this: rebound to every recording for the refit
 
     def sample(rng):
-        """Sequences of random pieces (1-4 s) of training recordings, a class drawn uniformly for each (class
-        balance), a variant (as recorded or mirrored) and a speed (SPEEDS) at random: transitions at random
-        points, motion at the speeds people differ by."""
+        """Sequences of random pieces of training recordings (teach_pieces)."""
         xs = {m: np.zeros((batch, seq, d), np.float32) for m, d in cached_dims(spec).items()}
         ys = np.zeros((batch, seq), np.int64)
         for b in range(batch):
-            pos = 0
-            while pos < seq:
-                ks = pool[int(rng.integers(len(pool)))]
-                k = ks[int(rng.integers(len(ks)))]
-                v = embs[k][int(rng.integers(len(embs[k])))]
-                rate = float(np.exp(rng.uniform(*np.log(SPEEDS)))) if spec.flow is not None else 1.0
-                n_steps = len(next(iter(v.values())))
-                span = max(1, int(n_steps / rate))  # steps the piece can last at this speed
-                length = min(int(rng.integers(10, 41)), seq - pos, span)
-                start = int(rng.integers(0, span - length + 1))
-                idx = np.minimum(((start + np.arange(length)) * rate).astype(np.int64), n_steps - 1)
-                for m in spec.modalities:
-                    xs[m][b, pos:pos + length] = v[m][idx]
-                if spec.flow is not None:
-                    xs["flow"][b, pos:pos + length] = speed_up(v["flow"][idx], rate)
-                ys[b, pos:pos + length] = labels[k]
-                pos += length
+            teach_pieces(rng, spec, pool, embs, labels, xs, ys, b)
         return {m: torch.from_numpy(x) for m, x in motion_features(spec, xs).items()}, {"activity": torch.from_numpy(ys)}
 
     def validate(temporal):

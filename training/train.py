@@ -1,33 +1,46 @@
-"""Training the default audio model: the 2D CNN over log-mel windows, then the LSTM and its heads.
+"""Training the shipped `default` model, which looks and listens: the audio heads (speech, activity) and
+the visual head (action) on one LSTM.
 
 Stage 1 trains the audio CNN (with temporary linear heads) on windows cut from stream-like timelines.
-Stage 2 freezes it, computes each timeline's step embeddings once, and trains the LSTM and heads on
-sequences the way the stream will see them. Validation is split by group (speaker, fold); the test splits
-of ../shared/data are never loaded. Everything is seeded.
+Stage 2 freezes it, computes each timeline's step embeddings once, replays the video training recordings
+through the run-time path (EfficientNet-Lite0 and the flow motion stream, cached), and trains the fused LSTM
+and its heads on sequences the way the stream will see them: audio timelines paired with pieces of video
+recordings, each stream present or missing (no camera, a silent video, an outage) as the model is told by
+its `present` input, each head taught only where its stream is present. Validation is split by group
+(speaker, fold); the test splits of ../shared/data are never loaded. Everything is seeded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from actstream.engines.features import AudioFeatures
+from actstream.engines.archs import VIDEO_DIM
+from actstream.engines.features import AudioFeatures, VideoFeatures
+from actstream.engines.flow import FlowFeatures
 from actstream.stream.frontend import step_windows
 
-from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, save_model
+from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, open_engines, save_model
 from actstream.training.fit import class_weights, fit_temporal, plot_history
-from actstream.training.data import ACTIVITY_CLASSES, SPEECH_CLASSES, Clip, make_timeline, shared_clips
+from actstream.training.data import (ACTION_CLASSES, ACTIVITY_CLASSES, SPEECH_CLASSES, STILL, Clip, make_timeline,
+                                     shared_action_rows, shared_clips)
+from actstream.training.teach import (MODALITY_DROPOUT, Item, cached_dims, choose_mirror, item_embeddings,
+                                      motion_features, teach_pieces)
 
 log = logging.getLogger(__name__)
 
 VALIDATION_GROUPS = ("dcase2016_task2:fold4", "fsdd:nicolas")
+SPEECH_GAIN_DB = (-42.0, -1.0)  # speech peak levels taught: 12 dB quieter than the events' (-30..-1 dBFS)
+GAIN_JITTER = (-3.5, 1.5)  # stage 1: a whole window's log-mel offset (about -15..+6.5 dB of input gain)
 
 
 def _split(clips: list[Clip], rng: np.random.Generator) -> tuple[list[Clip], list[Clip]]:
@@ -41,7 +54,7 @@ def _timelines(clips, count, seconds, rng, spec: AudioFeatures, step: int):
     """(windows (N, steps, frames, mels), activity (N, steps), speech (N, steps)) for `count` timelines."""
     xs, acts, sps = [], [], []
     for _ in range(count):
-        x, a, s = make_timeline(clips, seconds, rng, spec.sample_rate, step)
+        x, a, s = make_timeline(clips, seconds, rng, spec.sample_rate, step, speech_gain_db=SPEECH_GAIN_DB)
         xs.append(step_windows(x, spec, step, len(a)))
         acts.append(a)
         sps.append(s)
@@ -116,6 +129,7 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
             b = order[i:i + 128]
             x = torch.from_numpy(flat[b])
             x = x + torch.randn(len(b), 1, spec_a.n_mels) * 0.5  # spectral tilt / gain jitter per window
+            x = x + torch.empty(len(b), 1, 1).uniform_(*GAIN_JITTER)  # the microphone's level
             la, ls = clf(x)
             loss = (nn.functional.cross_entropy(la, torch.from_numpy(fa[b]), weight=w_act)
                     + nn.functional.cross_entropy(ls, torch.from_numpy(fs[b])))
@@ -129,38 +143,64 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
             progress("cnn epochs", epoch + 1, epochs1)
     cnn.eval()
 
-    # stage 2: the LSTM on step embeddings of whole timelines
+    # stage 2: the eyes' recordings, then the fused LSTM on step embeddings of whole timelines
+    video = _action_embeddings(data_root, progress)
     tr_e, va_e = _embed(cnn, tr_w), _embed(cnn, va_w)
-    temporal = spec.new_temporal()
+    spec = ModelSpec(name="default", arch="hybrid", heads={**spec.heads, "action": ACTION_CLASSES}, audio=spec_a,
+                     video=VideoFeatures(), motion=True, flow=FlowFeatures(), head_inputs=HEAD_INPUTS)
+    temporal = spec.new_temporal(MODALITY_DROPOUT)
     seq, batch = 100, 16  # 10 s sequences with random cut points; the state starts at zero like a fresh stream
-    w_speech = None
 
     def sample(rng):
         i = rng.integers(0, len(tr_e), batch)
         s = rng.integers(0, tr_e.shape[1] - seq + 1, batch)
-        pick = lambda arr: torch.from_numpy(np.stack([arr[a, b:b + seq] for a, b in zip(i, s)]))  # noqa: E731
-        return {"audio": pick(tr_e)}, {"activity": pick(tr_a), "speech": pick(tr_s)}
+        pick = lambda arr: np.stack([arr[a, b:b + seq] for a, b in zip(i, s)])  # noqa: E731
+        xs = {m: np.zeros((batch, seq, d), np.float32) for m, d in cached_dims(video.spec).items()}
+        action = np.zeros((batch, seq), np.int64)
+        for b in range(batch):
+            teach_pieces(rng, video.spec, video.pool, video.embs, video.labels, xs, action, b)
+        present = _presence(rng, batch, seq)
+        act, sp = pick(tr_a), pick(tr_s)
+        for y, stream in ((act, 1), (sp, 1), (action, 0)):
+            y[present[..., stream] == 0] = IGNORE  # a head is not taught where its stream is missing
+        emb = {**motion_features(spec, xs), "audio": pick(tr_e), "present": present}
+        return ({m: torch.from_numpy(x) for m, x in emb.items()},
+                {"activity": torch.from_numpy(act), "speech": torch.from_numpy(sp), "action": torch.from_numpy(action)})
 
     def validate(temporal):
-        with torch.inference_mode():
-            h0, c0 = temporal.zero_state(len(va_e))
-            lg, _, _ = temporal.logits({"audio": torch.from_numpy(va_e)}, h0, c0)
+        with torch.inference_mode():  # the audio heads on the held-out audio, without a camera
+            n, t = va_e.shape[:2]
+            present = np.zeros((n, t, 2), np.float32)
+            present[..., 1] = 1.0
+            emb = {"audio": va_e, "video": np.zeros((n, t, VIDEO_DIM), np.float32),
+                   "flow": np.zeros((n, t, spec.flow.dim), np.float32), "present": present}
+            h0, c0 = temporal.zero_state(n)
+            lg, _, _ = temporal.logits({m: torch.from_numpy(x) for m, x in emb.items()}, h0, c0)
         m = _metrics(lg["activity"].numpy(), lg["speech"].numpy(), va_a, va_s)
         return m["speech_f1"] + m["activity_step_accuracy"], m
 
-    fitted = fit_temporal(temporal, sample, validate, {"activity": w_act, "speech": w_speech},
-                          epochs=3 if quick else 40, steps_per_epoch=max(1, tr_e.size // tr_e.shape[-1] // (seq * batch)),
-                          rng=rng, progress=(lambda e, m: progress("temporal epochs", e, 40)) if progress else None)
+    epochs = 3 if quick else 50
+    fitted = fit_temporal(temporal, sample, validate,
+                          {"activity": w_act, "speech": None, "action": class_weights(video.labels, len(ACTION_CLASSES))},
+                          epochs=epochs, steps_per_epoch=max(1, tr_e.size // tr_e.shape[-1] // (seq * batch)) + 6,
+                          rng=rng, patience=epochs,
+                          progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
     history = fitted.pop("history")
     best_m = fitted
-    card = {"version": 2, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
+    card = {"version": 3, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
             "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
-                    "DCASE2016 task 2 folds 1-4",
-            "validation": "DCASE fold4, FSDD nicolas, 10% of LibriSpeech train speakers (by speaker)",
-            "never_used": "LibriSpeech test-other, DCASE fold5, FSDD theo/yweweler",
+                    "DCASE2016 task 2 folds 1-4 (audio heads); Weizmann daria/denis/eli/ido, PS7 P1, KTH "
+                    "person01/person03 boxing, held frames of each for still (action head)",
+            "validation": "DCASE fold4, FSDD nicolas, 10% of LibriSpeech train speakers (by speaker); the action "
+                          "head has no validation split (its figures are on the test people, docs/eval_report.json)",
+            "never_used": "LibriSpeech test-other, DCASE fold5, FSDD theo/yweweler, Weizmann ira/lena, PS7 P2, "
+                          "KTH person04",
+            "head_data": {"speech": "LibriSpeech, FSDD, DCASE speech vs the rest", "activity": "DCASE events, "
+                          "speaking, quiet", "action": f"Weizmann (10 actions), PS7 (arms_up_front, arms_up_side; "
+                          f"wave as wave1), KTH (boxing), still; mirrored: {video.mirrored}"},
             "validation_metrics": best_m, "train_seconds": round(time.time() - t_start, 1),
             "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"}
-    spec = ModelSpec(name=spec.name, arch=spec.arch, heads=spec.heads, audio=spec_a, card=card)
+    spec = dataclasses.replace(spec, card=card)
     save_model(spec, out, cnn, temporal)
     (out / "MODEL_CARD.md").write_text(_card_md(spec))
     plot_history(history, out / "training.png", "default: temporal model (stage 2)")
@@ -168,15 +208,92 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     return card
 
 
+IGNORE = -100  # cross_entropy's ignore_index: no loss at the steps of a head whose input is missing
+HEAD_INPUTS = {"speech": ("audio",), "activity": ("audio",), "action": ("video",)}
+PRESENCE = ((0.5, (1, 1)), (0.25, (0, 1)), (0.25, (1, 0)))  # share of sequences with (video, audio) present
+OUTAGE = 0.3  # share of sequences with both streams where one of them drops out for 1-5 s
+
+
+def _presence(rng: np.random.Generator, batch: int, seq: int) -> np.ndarray:
+    """(batch, seq, 2) 1.0 where (video, audio) is present: both, audio only (no camera), video only (a
+    silent video) and, inside sequences with both, an outage of one stream for 1-5 s. The first sequence has
+    both, so no head goes untaught in a batch."""
+    shares = np.array([p for p, _ in PRESENCE])
+    out = np.zeros((batch, seq, 2), np.float32)
+    for b in range(batch):
+        both = PRESENCE[0][1] if b == 0 else PRESENCE[int(rng.choice(len(PRESENCE), p=shares))][1]
+        out[b] = both
+        if both == (1, 1) and b > 0 and rng.random() < OUTAGE:
+            length = int(rng.integers(10, 51))
+            start = int(rng.integers(0, seq - length + 1))
+            out[b, start:start + length, int(rng.integers(2))] = 0.0
+    return out
+
+
+@dataclass
+class _ActionData:
+    """The action head's recordings as cached embeddings, grouped for class-balanced pieces."""
+
+    spec: ModelSpec  # a video model with the default's video front end and motion stream
+    embs: list[list[dict]]  # per recording, its variants (as recorded, mirrored)
+    labels: np.ndarray
+    pool: list[list[int]]
+    mirrored: str
+
+
+STILL_STEPS = 40  # a held frame's piece: 4 s
+
+
+def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
+    """The video training splits through the run-time path (FileSource, front end, EfficientNet-Lite0, flow),
+    cached; mirrored where no two classes move opposite ways; and, per recording, its middle frame held still
+    (appearance without motion: the flow is zeros, as a still scene gives) for `still`."""
+    spec = ModelSpec(name="default-action", arch="video_lstm", heads={"action": ACTION_CLASSES},
+                     video=VideoFeatures(), motion=True, flow=FlowFeatures())
+    items = [Item(path, label, person) for path, label, person, _ in shared_action_rows(data_root)]
+    engines = open_engines(spec, "onnxruntime")
+    for encoder in engines.encoders.values():
+        encoder.load()
+    try:
+        embs = []
+        for n, item in enumerate(items):
+            embs.append([item_embeddings(item, spec, engines)])
+            if progress:
+                progress("video embeddings", n + 1, len(items))
+        mirrored, why = choose_mirror("auto", spec, items, [v[0] for v in embs])
+        for n, item in enumerate(items if mirrored else []):
+            embs[n].append(item_embeddings(item, spec, engines, flip=True))
+    finally:
+        engines.close()
+    labels = [ACTION_CLASSES.index(i.label) for i in items]
+    for v in list(embs):
+        held = v[0]["video"][len(v[0]["video"]) // 2]
+        embs.append([{"video": np.repeat(held[None], STILL_STEPS, 0),
+                      "flow": np.zeros((STILL_STEPS, spec.flow.pair_dim), np.float32)}])
+        labels.append(ACTION_CLASSES.index(STILL))
+    labels = np.array(labels)
+    pool = [[k for k in range(len(labels)) if labels[k] == c] for c in range(len(ACTION_CLASSES))]
+    log.info("action head: %d recordings, mirrored: %s", len(items), why)
+    return _ActionData(spec, embs, labels, [p for p in pool if p], why)
+
+
 def _card_md(spec: ModelSpec) -> str:
     c = spec.card
     lines = [f"# Model card: {spec.name} (version {c['version']})", "",
-             f"- Architecture: {spec.arch} (2D CNN over log-mel windows -> LSTM, hidden {spec.hidden})",
-             f"- Heads: " + "; ".join(f"`{h}`: {', '.join(v)}" for h, v in spec.heads.items()),
-             f"- Front end: {json.dumps(spec.audio.to_dict())}",
-             f"- Trained: {c['trained']} in {c['train_seconds']} s, seed {c['seed']}",
-             f"- Data: {c['data']}", f"- Validation split: {c['validation']}",
-             f"- Never used for training or tuning: {c['never_used']}",
-             f"- Validation metrics (per 100 ms step): {json.dumps(c['validation_metrics'])}",
-             f"- Reproduce: `{c['command']}`", ""]
+             f"- Architecture: {spec.arch}: a 2D CNN over log-mel windows (audio), EfficientNet-Lite0 (ImageNet, "
+             f"frozen) minus its running mean and the optical-flow motion stream (video), fused on the step clock "
+             f"before one LSTM (hidden {spec.hidden}), {spec.step_ms} ms steps",
+             "- Heads (each published at the steps where its input exists):"]
+    lines += [f"  - `{h}` (from {' + '.join(spec.inputs_of(h))}; {c.get('head_data', {}).get(h, '')}): "
+              f"{', '.join(v)}" for h, v in spec.heads.items()]
+    lines += [f"- Front end: audio {json.dumps(spec.audio.to_dict())}; video {json.dumps(spec.video.to_dict())}; "
+              f"flow {json.dumps(spec.flow.to_dict())}",
+              f"- Trained: {c['trained']} in {c['train_seconds']} s, seed {c['seed']}",
+              f"- Data: {c['data']}", f"- Validation split: {c['validation']}",
+              f"- Never used for training or tuning: {c['never_used']}",
+              f"- Validation metrics (per 100 ms step): {json.dumps(c['validation_metrics'])}",
+              "- Held-out figures (people, speakers and folds never seen): `actstream eval default ../shared/data "
+              "--out OUT` writes them; the README's evaluation section and docs/eval_report.json show the "
+              "shipped model's",
+              f"- Reproduce: `{c['command']}`", ""]
     return "\n".join(lines)
