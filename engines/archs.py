@@ -11,6 +11,13 @@ ARCHS = {
     "bilstm": ("audio",),
     "hybrid": ("video", "audio"),
 }
+
+
+def stream_of(part: str) -> str:
+    """The input stream an LSTM input comes from: the flow is computed on the video."""
+    return "video" if part == "flow" else part
+
+
 VIDEO_DIM = 1280  # EfficientNet-Lite0 pooled embedding
 MOTION_ALPHA = 0.1  # weight of the newest frame in the running mean of video embeddings (~1 s at 100 ms steps)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from actstream.engines.archs import ARCHS, MOTION_ALPHA, VIDEO_DIM, video_motion  # noqa: F401  (defined without torch)
+from actstream.engines.archs import ARCHS, MOTION_ALPHA, VIDEO_DIM, stream_of, video_motion  # noqa: F401  (defined without torch)
 
 
 def _sep(cin: int, cout: int) -> nn.Sequential:
@@ -54,11 +54,6 @@ class AudioCNN(nn.Module):
         # now and not only what happened somewhere in the last second (offsets follow within ~200 ms)
         x = torch.cat([x.mean(dim=2), x.amax(dim=2), x[:, :, -1]], dim=1)
         return self.proj(x)
-
-
-def stream_of(part: str) -> str:
-    """The input stream an LSTM input comes from: the flow is computed on the video."""
-    return "video" if part == "flow" else part
 
 
 class Temporal(nn.Module):

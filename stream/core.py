@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from actstream.engines.bundle import Engines, ModelSpec
-from actstream.engines.archs import VIDEO_DIM, video_motion
+from actstream.engines.archs import VIDEO_DIM, stream_of, video_motion
 from actstream.common.errors import EngineError
 
 from actstream.stream.frontend import audio_window, grid_windows
@@ -263,11 +263,20 @@ class _Core:
         return {h: p for h, p in probs.items() if set(self.spec.inputs_of(h)) <= have}
 
     def _presence(self, embeddings: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-        """embeddings with `present` for a model told it: all streams present where the caller has not said
-        (calibration's precomputed embeddings)."""
-        if self.spec.presence and "present" not in embeddings:
-            return {**embeddings, "present": np.ones((n, len(self.spec.presence)), np.float32)}
-        return embeddings
+        """embeddings with `present` for a model told it. Where the caller has not said (calibration's or a
+        test's precomputed embeddings), a stream is present when its inputs are given; a missing one's inputs
+        are zeros, marked missing."""
+        if not self.spec.presence or "present" in embeddings:
+            return embeddings
+        out = dict(embeddings)
+        present = np.ones((n, len(self.spec.presence)), np.float32)
+        for i, stream in enumerate(self.spec.presence):
+            parts = [m for m in self.spec.dims if stream_of(m) == stream]
+            if not all(m in embeddings for m in parts):
+                present[:, i] = 0.0
+                out.update({m: np.zeros((n, self.spec.dims[m]), np.float32) for m in parts if m not in embeddings})
+        out["present"] = present
+        return out
 
     def advance(self, frame: np.ndarray | None, audio: np.ndarray | None, t: float,
                 frame_t: float | None = None) -> Pairs:

@@ -54,9 +54,13 @@ class Listener(threading.Thread):
             if msg["topic"] == "status" and msg["state"] == "end":
                 return
 
-    def wait_for(self, cond, timeout_s: float, what: str) -> None:
+    def wait_for(self, cond, timeout_s: float, what: str) -> dict:
+        """The first message meeting cond, waiting for it."""
         deadline = time.monotonic() + timeout_s
-        while not any(cond(m) for m in list(self.msgs)):
+        while True:
+            found = next((m for m in list(self.msgs) if cond(m)), None)
+            if found is not None:
+                return found
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.05)
 
@@ -187,8 +191,9 @@ def test_late_joiner_gets_the_current_labels_at_once(pulse, port):
 
 
 def test_microphone_lost_mid_stream_labels_keep_flowing(pulse, port):
-    """The sound server dies mid-stream and comes back: a label every step throughout (silence while the
-    microphone is away), the status says lost/reconnecting, then ok with the reconnect counted."""
+    """The sound server dies mid-stream and comes back: the status says lost/reconnecting, then ok with the
+    reconnect counted; the default model's audio heads pause while the microphone is away (no input, no
+    label: `seq` has no gap) and label every step again once it is back."""
     endpoint = f"tcp://127.0.0.1:{port}"
     listener = Listener(endpoint)
     listener.start()
@@ -200,8 +205,9 @@ def test_microphone_lost_mid_stream_labels_keep_flowing(pulse, port):
         listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["mic"]["state"] in ("lost", "reconnecting"),
                           30, "a status saying the microphone is away")
         pulse.start()
-        listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["mic"]["state"] == "ok"
-                          and m["devices"]["mic"]["reconnects"] >= 1, 30, "the microphone back")
+        back = listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["mic"]["state"] == "ok"
+                                 and m["devices"]["mic"]["reconnects"] >= 1, 30, "the microphone back")
+        listener.wait_for(lambda m: m["topic"] == "speech" and m["t"] > back["t"] + 0.5, 30, "labels again")
     finally:
         if pulse.pid() is None:
             pulse.start()
