@@ -70,6 +70,24 @@ def media(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def audio_model(tmp_path_factory) -> Path:
+    """An audio-only model (audio_lstm) with the default's trained audio CNN and heads, and a seeded, untrained
+    LSTM: for what a model that never reads video does (its labels mean nothing)."""
+    import torch
+
+    from actstream.engines.bundle import ModelSpec, load_spec, load_torch_modules, save_model
+
+    base = load_spec("default")
+    audio_cnn, _ = load_torch_modules(base)
+    spec = ModelSpec(name="audio-only", arch="audio_lstm", heads={h: base.heads[h] for h in ("speech", "activity")},
+                     audio=base.audio, card={"version": 0})
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("audio_model") / "audio-only"
+    save_model(spec, folder, audio_cnn, spec.new_temporal())
+    return folder
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()

@@ -33,8 +33,9 @@ def test_file_with_neither_audio_nor_video(media):
     one_line_error(run_cli("replay", str(media["neither"])), "subtitles.srt", "no audio and no video")
 
 
-def test_video_only_file_for_an_audio_model(media):
-    one_line_error(run_cli("replay", str(media["video"])), "video_only.mp4", "has no audio", "--audio")
+def test_video_only_file_for_an_audio_model(media, audio_model):
+    one_line_error(run_cli("replay", str(media["video"]), "--model", str(audio_model)), "video_only.mp4",
+                   "has no audio", "--audio")
 
 
 def test_unknown_model():

@@ -149,11 +149,12 @@ def test_modality_dropout_drops_whole_inputs_in_training_only():
 def test_a_bad_flow_in_model_json_is_refused(tmp_path, flow, words):
     folder = tmp_path / "m"
     folder.mkdir()
-    spec = json.loads((Path(load_spec("default").folder) / "model.json").read_text())
-    (folder / "model.json").write_text(json.dumps({**spec, "arch": "hybrid", "video": {"size": 224, "mean": 127.0,
-                                                                                       "std": 128.0}, "flow": flow}))
+    spec = json.loads((Path(load_spec("default").folder) / "model.json").read_text())  # a hybrid with flow
+    assert spec["arch"] == "hybrid" and spec["flow"] and spec["video"]
+    (folder / "model.json").write_text(json.dumps({**spec, "flow": flow}))
     with pytest.raises(EngineError, match=words):
         load_spec(str(folder))
-    (folder / "model.json").write_text(json.dumps({**spec, "flow": FlowFeatures().to_dict()}))
+    listens = {k: v for k, v in spec.items() if k not in ("video", "head_inputs")}
+    (folder / "model.json").write_text(json.dumps({**listens, "arch": "audio_lstm", "flow": FlowFeatures().to_dict()}))
     with pytest.raises(EngineError, match="arch audio_lstm reads no video"):
         load_spec(str(folder))

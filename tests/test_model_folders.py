@@ -55,6 +55,14 @@ def heads(value):
     return lambda s: s.__setitem__("heads", value)
 
 
+def heads_and_inputs(value):
+    """heads replaced, and head_inputs with them (each head reading what the default's does, else audio)."""
+    def edit(s):
+        s["head_inputs"] = {h: s["head_inputs"].get(h, ["audio"]) for h in value}
+        s["heads"] = value
+    return edit
+
+
 def audio(key, value):
     return lambda s: s["audio"].__setitem__(key, value)
 
@@ -87,7 +95,8 @@ CASES = {
     "n_fft below the window": (audio("n_fft", 256), ["audio.n_fft = 256"]),
     "n_fft too costly for the hop": (audio("n_fft", 4096), ["audio.n_fft = 4096", "at most 2048"]),
     "unknown audio key": (audio("colour", 1), ["audio key = 'colour'"]),
-    "audio missing for an audio model": (lambda s: s.__setitem__("audio", None), ["audio = None", "audio_lstm"]),
+    "audio missing for a model that listens": (lambda s: s.__setitem__("audio", None),
+                                               ["audio = None", "arch hybrid reads audio"]),
     "top level a list": (lambda s: Top([s]), ["the top level = [{"]),
     "top level null": (lambda s: Top(None), ["the top level = None"]),
     "format true": (lambda s: s.__setitem__("format", True), ["format True"]),
@@ -114,7 +123,9 @@ def test_bad_model_json_is_one_line(folder, case):
 
 def test_the_shipped_model_passes_the_schema():
     spec = load_spec("default")
-    assert list(spec.heads) == ["speech", "activity"] and spec.audio.frames == 96 and spec.tag == "default@2"
+    assert list(spec.heads) == ["speech", "activity", "action"] and spec.audio.frames == 96
+    assert spec.head_inputs == {"speech": ("audio",), "activity": ("audio",), "action": ("video",)}
+    assert spec.arch == "hybrid" and spec.flow is not None and spec.tag == "default@3"
 
 
 def test_the_reserved_topics_are_the_ones_the_loop_publishes_itself(media, tmp_path):
@@ -156,8 +167,9 @@ def test_model_json_fifo_does_not_hang(folder):
 # the ONNX files against model.json, at load
 
 @pytest.mark.parametrize("edit, engine, words", [
-    (heads({"speech": ["no_speech", "speech"]}), "temporal", ["outputs are ['speech', 'activity', 'hn', 'cn']"]),
-    (heads({"talk": ["no_speech", "speech"], "activity": [f"c{i}" for i in range(12)]}), "temporal",
+    (heads_and_inputs({"speech": ["no_speech", "speech"]}), "temporal",
+     ["outputs are ['speech', 'activity', 'action', 'hn', 'cn']"]),
+    (heads_and_inputs({"talk": ["no_speech", "speech"], "activity": [f"c{i}" for i in range(12)]}), "temporal",
      ["'speech'", "'talk'"]),
     (lambda s: s["heads"]["activity"].pop(), "temporal", ["output 'activity' has shape [1, ?, 12]",
                                                            "implies [1, ?, 11]"]),
@@ -198,7 +210,7 @@ def test_referenced_files_stay_inside_the_folder(folder, tmp_path):
     (folder / "temporal.onnx").symlink_to("t.onnx")
     engines = open_engines(load_spec(str(folder)), "onnxruntime", threads=1)
     engines.temporal.load()
-    assert engines.temporal.output_names == ["speech", "activity", "hn", "cn"]
+    assert engines.temporal.output_names == ["speech", "activity", "action", "hn", "cn"]
 
 
 def test_a_symlink_loop_is_one_line(folder):

@@ -33,6 +33,7 @@ def test_node_subscriber_validates_a_live_stream(node_ready, media, port):
     msgs = [json.loads(line) for line in out.splitlines()]
     assert err == ""  # no invalid message, no sequence gap
     topics = [m["topic"] for m in msgs]
-    assert topics.count("speech") == 30 and topics.count("activity") == 30
+    # the default model on an A/V file: its audio heads and its visual head, every step, each validated by Node
+    assert topics.count("speech") == topics.count("activity") == topics.count("action") == 30
     assert msgs[-1]["topic"] == "status" and msgs[-1]["state"] == "end"
     assert [m["seq"] for m in msgs if m["topic"] == "speech"] == list(range(30))

@@ -10,7 +10,9 @@ import av
 import cv2
 import numpy as np
 
-from actstream.stream.overlay import BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size, render
+from actstream.engines.bundle import load_spec
+from actstream.stream.overlay import (BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size,
+                                      panel_height, render)
 from tests.conftest import ROOT, run_cli
 
 
@@ -54,7 +56,11 @@ def test_annotated_video_plot_and_truth(tmp_path, media):
         v = c.streams.video[0]
         frames = sum(1 for _ in c.decode(v))
         assert frames == 75  # every input frame: 3 s at 25 fps
-        assert (v.codec_context.width, v.codec_context.height) == (640 + 300, 480)  # 160x120 scaled to 640 wide
+        # 160x120 scaled to 640 wide; as high as the label panel of the default's three heads needs
+        panel = OverlayState()
+        for topic, classes in load_spec("default").heads.items():
+            panel.update(msg(topic, classes[0], {c: 0.0 for c in classes}))
+        assert (v.codec_context.width, v.codec_context.height) == (640 + 300, max(480, panel_height(panel)))
         assert c.streams.audio and c.streams.audio[0].rate == 48000  # the recording's own audio
     img = cv2.imread(str(plot))
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and img.shape == (700, 1200, 3)
@@ -99,4 +105,4 @@ def test_prometheus_endpoint_serves_the_named_metrics(media, port):
     for name in ("actstream_steps_total", "actstream_steps_per_second", 'actstream_drops{source="video"}',
                  "actstream_latency_ms_bucket", 'actstream_stage_ms{stage="audio_cnn"}', "actstream_build_info"):
         assert name in body, name
-    assert 'model="default@2"' in body and 'backend="onnxruntime"' in body
+    assert f'model="{load_spec("default").tag}"' in body and 'backend="onnxruntime"' in body
