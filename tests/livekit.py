@@ -102,12 +102,15 @@ def write_wav(path: Path, x: np.ndarray, rate: int) -> Path:
 
 
 class MjpegServer:
-    """Serves moving test frames as MJPEG at `url`, `fps` frames per second; controllable faults."""
+    """Serves moving test frames (or `frames`, BGR images, looped) as MJPEG at `url`, `fps` frames per second;
+    controllable faults."""
 
-    def __init__(self, w: int = 160, h: int = 120, fps: float = 25.0):
+    def __init__(self, w: int = 160, h: int = 120, fps: float = 25.0, frames: list[np.ndarray] | None = None):
         import cv2
 
-        self.w, self.h, self.fps = w, h, fps
+        if frames:
+            h, w = frames[0].shape[:2]
+        self.w, self.h, self.fps, self.frames = w, h, fps, frames
         self.frames_sent = 0
         self.stalled = threading.Event()  # connections stay open but no frame is sent
         self.gone = threading.Event()  # connections are dropped and new ones refused
@@ -144,9 +147,12 @@ class MjpegServer:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def _jpeg(self, i: int) -> bytes:
-        img = np.zeros((self.h, self.w, 3), np.uint8)
-        img[:, (i * 3) % self.w] = 255
-        img[self.h // 2, :, 1] = (i * 7) % 256
+        if self.frames:
+            img = self.frames[i % len(self.frames)]
+        else:
+            img = np.zeros((self.h, self.w, 3), np.uint8)
+            img[:, (i * 3) % self.w] = 255
+            img[self.h // 2, :, 1] = (i * 7) % 256
         ok, jpg = self._cv2.imencode(".jpg", img)
         data = jpg.tobytes()
         return b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(data) + data + b"\r\n"

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 
 import numpy as np
 import pytest
 import torch
 
 from actstream.stream.client import SeqTracker, subscribe
-from tests.conftest import ROOT
+from tests.conftest import ROOT, need_shared
 from tests.livekit import MjpegServer, write_wav
 
 RATE = 16000
@@ -89,6 +90,51 @@ def test_live_microphone_hears_speech_through_pulseaudio(pulse, speech_wav, tmp_
     schema = json.loads((ROOT / "stream" / "schema.json").read_text())
     for m in msgs:
         jsonschema.validate(m, schema)
+
+
+def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
+    """The default model live as its users run it, camera and microphone both open: the camera (MJPEG over
+    HTTP, 25 fps) shows Weizmann's test person lena waving both hands, looped; the microphone (PulseAudio)
+    hears 3 s of silence, 6 s of LibriSpeech test-other speech, 4 s of silence. A subscriber (`actstream
+    listen`) gets all three heads every step; `action` is wave2 at most steps, `speech` is heard while the
+    speech plays and not before."""
+    import av
+
+    clip = need_shared("video", "weizmann", "wave2", "lena_wave2.avi")
+    utterance = need_shared("audio", "librispeech_test_other", "speech", "1688-142285-0000.wav")
+    with av.open(str(clip)) as c:
+        frames = [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
+    with wave.open(str(utterance)) as w:
+        assert w.getframerate() == RATE and w.getnchannels() == 1
+        voice = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    wav = write_wav(tmp_path / "say.wav", np.concatenate([np.zeros(3 * RATE), voice[:6 * RATE], np.zeros(4 * RATE)]),
+                    RATE)
+    endpoint = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "live.jsonl"
+    with MjpegServer(frames=frames) as cam:
+        listen = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--until-end",
+                                   "--format", "text", "--timeout", "60"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        proc = start_live("--camera", cam.url, "--mic", "pulse", "--seconds", "12", "--publish", endpoint,
+                          "--out", str(out))
+        time.sleep(1.5)
+        player = pulse.play(wav, wait=False)
+        _, err = proc.communicate(timeout=90)
+        text, _ = listen.communicate(timeout=30)
+        player.wait(timeout=30)
+    assert proc.returncode == 0, err
+    msgs = [json.loads(x) for x in out.read_text().splitlines()]
+    by = {t: [m for m in msgs if m["topic"] == t] for t in ("speech", "activity", "action")}
+    assert len(by["action"]) >= 110 and len(by["speech"]) >= 100 and len(by["activity"]) == len(by["speech"])
+    actions = [m["label"] for m in by["action"]]
+    assert actions.count("wave2") >= 0.8 * len(actions), actions
+    heard = [m["t"] for m in by["speech"] if m["label"] == "speech"]
+    assert heard and min(heard) > 3.0 and 0.3 * 60 < len(heard) <= 75  # the 6 s of speech, after the silence
+    assert msgs[-1]["state"] == "end" and msgs[-1]["heads"] == ["speech", "activity", "action"]
+    assert msgs[-1]["devices"]["camera"]["state"] == msgs[-1]["devices"]["mic"]["state"] == "ok"
+    lines = text.splitlines()  # what the user sees in the terminal: a line per head per step, and the statuses
+    assert sum(" action " in x for x in lines) >= len(by["action"]) - 10 and any(" status " in x for x in lines)
+    print("\n".join(x for x in lines if x.lstrip().startswith(("6.00s", "12.00s"))))  # the README's excerpt
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
