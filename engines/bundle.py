@@ -464,13 +464,14 @@ class Engines:
 
 
 def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0,
-                 precision: str = "fp32", spin: bool = True) -> Engines:
+                 precision: str = "fp32", spin: bool = True, small_threads: int = 0) -> Engines:
     """Engines for `spec` on `backend` (not loaded yet: call .load()).
 
     precision: "fp32" | "int8" | "auto" for the ONNX Runtime encoders (see engines.precision; "auto" takes
     the INT8 files only where `actstream calibrate` passed its accuracy gate); for TensorRT, "int8" builds
     INT8 engines from the same QDQ files and anything else FP16 engines. spin: ONNX Runtime's idle threads
-    spin-wait (see OnnxRuntimeEngine).
+    spin-wait (see OnnxRuntimeEngine). small_threads: intra-op threads of the small networks, the audio
+    encoder and the temporal network (0: `threads`); the video CNN keeps `threads`.
     """
     if backend in ("onnxruntime", "tensorrt"):
         from actstream.engines.cache import video_encoder_onnx
@@ -480,17 +481,19 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         io = expected_io(spec)
 
         def make(path_fn, name: str, encoder: str | None, preferred_batch: int = 0) -> Engine:
+            n = threads if name == "video_encoder" or not small_threads else small_threads
+
             def onnx_path() -> Path:
                 path = path_fn()
                 return encoder_file(spec.folder, encoder, path, precision) if encoder else path
 
             if backend == "onnxruntime":
-                return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), threads, name=name, spin=spin,
+                return _LazyPath(lambda: OnnxRuntimeEngine(onnx_path(), n, name=name, spin=spin,
                                                            expect=io[name]), name, preferred_batch)
             from actstream.engines.tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
-            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, threads, name, expect=io[name]),
+            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, n, name, expect=io[name]),
                              name)
 
         enc: dict[str, Engine] = {}

@@ -67,8 +67,12 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
     # cores between inference runs, so ONNX Runtime's idle threads do not spin there
     batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
                and not opts.show)
+    # step by step (live, paced replay), the small networks run on one thread: each ONNX Runtime session has
+    # its own pool, and the audio CNN's and the LSTM's pools spinning after their runs took the cores from the
+    # video CNN (bench live p99 of the default model on 2 cores: 30-37 ms with 2 threads each, 14-20 ms so)
+    small = 1 if not batched and cfg.model.threads == 0 else 0
     engines = open_engines(spec, cfg.model.backend, inference_threads(cfg, spec, batched), cfg.model.precision,
-                           spin=not batched)
+                           spin=not batched, small_threads=small)
     publisher = metrics = window = None
     try:
         engines.load()
