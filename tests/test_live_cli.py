@@ -125,7 +125,8 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
     assert proc.returncode == 0, err
     msgs = [json.loads(x) for x in out.read_text().splitlines()]
     by = {t: [m for m in msgs if m["topic"] == t] for t in ("speech", "activity", "action")}
-    assert len(by["action"]) >= 110 and len(by["speech"]) >= 100 and len(by["activity"]) == len(by["speech"])
+    # each head from its device's first delivery on (the HTTP camera connects within a second or two)
+    assert len(by["action"]) >= 90 and len(by["speech"]) >= 90 and len(by["activity"]) == len(by["speech"])
     actions = [m["label"] for m in by["action"]]
     assert actions.count("wave2") >= 0.8 * len(actions), actions
     heard = [m["t"] for m in by["speech"] if m["label"] == "speech"]
