@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 
 import numpy as np
 import pytest
 import torch
 
 from actstream.stream.client import SeqTracker, subscribe
+from actstream.stream.sources import load_audio
 from tests.conftest import ROOT, need_shared
 from tests.livekit import MjpegServer, write_wav
 
@@ -104,9 +104,7 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
     utterance = need_shared("audio", "librispeech_test_other", "speech", "1688-142285-0000.wav")
     with av.open(str(clip)) as c:
         frames = [f.to_ndarray(format="bgr24") for f in c.decode(c.streams.video[0])]
-    with wave.open(str(utterance)) as w:
-        assert w.getframerate() == RATE and w.getnchannels() == 1
-        voice = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768
+    voice = load_audio(utterance, RATE)
     wav = write_wav(tmp_path / "say.wav", np.concatenate([np.zeros(3 * RATE), voice[:6 * RATE], np.zeros(4 * RATE)]),
                     RATE)
     endpoint = f"tcp://127.0.0.1:{port}"
