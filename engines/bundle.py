@@ -383,10 +383,11 @@ def expected_io(spec: ModelSpec) -> dict[str, tuple[dict[str, tuple], dict[str, 
     """Per engine name, the ONNX inputs and outputs model.json implies: name -> shape, None where any size
     goes (batch, time, LSTM layers). The temporal network has one output per head, with len(classes) columns
     (engines/export.py)."""
-    state = (None, 1, spec.hidden)
-    present = {"present": (1, None, len(spec.presence))} if spec.presence else {}
-    io = {"temporal": ({**{m: (1, None, d) for m, d in spec.dims.items()}, **present, "h0": state, "c0": state},
-                       {**{h: (1, None, len(c)) for h, c in spec.heads.items()}, "hn": state, "cn": state})}
+    state = (None, None, spec.hidden)  # (layers x directions, streams, hidden); files exported before version 4
+    # of the default have the streams axis fixed at 1, and run one stream per call
+    present = {"present": (None, None, len(spec.presence))} if spec.presence else {}
+    io = {"temporal": ({**{m: (None, None, d) for m, d in spec.dims.items()}, **present, "h0": state, "c0": state},
+                       {**{h: (None, None, len(c)) for h, c in spec.heads.items()}, "hn": state, "cn": state})}
     if "audio" in spec.modalities:
         io["audio_encoder"] = ({"logmel": (None, spec.audio.frames, spec.audio.n_mels)},
                                {"embedding": (None, spec.audio_dim)})

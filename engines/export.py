@@ -21,7 +21,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter warns about LSTM batch sizes; shapes are fixed
+        warnings.simplefilter("ignore")  # the TorchScript exporter warns that an LSTM with a batch axis may not generalise; tests run it at several batch sizes
         torch.onnx.export(module.eval(), args, str(tmp), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     os.replace(tmp, path)
@@ -45,11 +45,13 @@ def temporal_io(temporal: Temporal) -> tuple[list[str], list[str]]:
 
 
 def export_temporal(temporal: Temporal, dims: dict[str, int], path: Path) -> None:
-    """modalities (1, T, D) [+ present (1, T, streams)] + h0, c0 -> head probabilities (1, T, classes) + hn, cn; T is dynamic, so one
-    file serves one step at a time (T = 1) and whole sequences."""
-    h0, c0 = temporal.zero_state(1)
-    present = [torch.ones(1, 4, len(temporal.presence))] if temporal.presence else []
-    args = (*[torch.zeros(1, 4, dims[m]) for m in temporal.modalities], *present, h0, c0)
+    """modalities (N, T, D) [+ present (N, T, streams)] + h0, c0 (layers, N, hidden) -> head probabilities
+    (N, T, classes) + hn, cn. N (streams) and T (steps) are dynamic, so one file serves one step of one stream,
+    whole sequences, and one step of many streams at once, each row with its own state."""
+    h0, c0 = temporal.zero_state(2)
+    present = [torch.ones(2, 4, len(temporal.presence))] if temporal.presence else []
+    args = (*[torch.zeros(2, 4, dims[m]) for m in temporal.modalities], *present, h0, c0)
     inputs, outputs = temporal_io(temporal)
-    dynamic = {m: {1: "T"} for m in temporal.input_names} | {h: {1: "T"} for h in temporal.head_names}
+    dynamic = ({m: {0: "N", 1: "T"} for m in temporal.input_names} | {h: {0: "N", 1: "T"} for h in temporal.head_names}
+               | {s: {1: "N"} for s in ("h0", "c0", "hn", "cn")})
     _export(temporal, args, path, inputs, outputs, dynamic)
