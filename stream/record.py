@@ -206,8 +206,9 @@ class _Session:
             if end_ms - self.stamps.last_pts > 2 * step_ms:
                 end_ms = self.stamps.last_pts + int(round(step_ms))
         if self.mic is not None and not self.placer.done.written:
-            raise SourceError(f"microphone {self.mic.name!r} gave no audio in {self.seconds:g} s: check it with "
-                              f"`actstream devices`, or pass --mic none")
+            raise SourceError(f"microphone {self.mic.name!r} gave no audio in the {self.seconds:g} s recorded (one "
+                              f"can take a second or two to start): record longer, check it with `actstream "
+                              f"devices`, or pass --mic none")
         self._refuse_if_lost("not kept")
         self.writer.close(end_ms if self.cam is not None else None)  # raises OutputError if the file is not it
         got = self.writer.span
