@@ -165,7 +165,8 @@ def test_audio_only_recording_keeps_a_pause_as_a_gap(pulse, tmp_path):
     got = onsets(samples, a_start)
     made = [mic.captured_at(int(s * RATE)) - start for s in (0.5, 1.9)]
     assert len(got) == 2 and np.allclose(got, made, atol=0.03), (got, made)
-    print(f"clicks {[round(1000 * (g - m), 1) for g, m in zip(got, made)]} ms from when captured; {err.strip()}")
+    shown = ", ".join(f"{1000 * (g - m):+.1f}" for g, m in zip(got, made))
+    print(f"clicks {shown} ms from when captured; {err.strip()}")
 
 
 def test_a_camera_faster_than_the_encoder_is_never_a_silent_bad_file(tmp_path):
