@@ -136,3 +136,38 @@ def test_a_one_frame_video_is_refused(tmp_path):
     with pytest.raises(SourceError, match="shorter than one step \\(100 ms\\)"):
         src.snapshot(0.1)
     src.close()
+
+
+# issue 21, items 5-6: file names that are no text (not UTF-8) or that hold line breaks and escape sequences
+
+EVIL = b"x\n\x1b[31mred\x1b[0m\xff"  # a line break, a colour escape sequence, a byte that is not UTF-8
+EVIL_SHOWN = "x\\n\\x1b[31mred\\x1b[0m\\xff"
+
+
+def run_cli_bytes(*args, timeout: float = 120):
+    """The real command with arguments as bytes (a file name that is not UTF-8 stays as it is) and its output
+    as bytes (what reaches the terminal)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.run([sys.executable.encode(), b"-m", b"actstream.cli",
+                           *(a if isinstance(a, bytes) else str(a).encode() for a in args)],
+                          capture_output=True, timeout=timeout, cwd=ROOT)
+
+
+def test_a_file_name_that_is_not_utf8_is_carried_escaped_in_source(tmp_path):
+    """It used to load the model, then fail at the first message (`source` is no JSON text), leaving --out
+    empty."""
+    import json
+    import os
+
+    name = os.fsencode(tmp_path) + b"/caf\xe9.wav"
+    with open(name, "wb") as fh:
+        fh.write(_wav(tmp_path / "plain.wav", 16000).read_bytes())
+    out = tmp_path / "out.jsonl"
+    r = run_cli_bytes("replay", name, "--publish", "none", "--out", out)
+    assert r.returncode == 0, r.stderr
+    msgs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(msgs) == 2 * 10 + 2 and {m["source"] for m in msgs} == {"caf\\xe9.wav"}
