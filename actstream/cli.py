@@ -15,6 +15,7 @@ from pathlib import Path
 
 from actstream.stream.config import Config, load_config
 from actstream.common.errors import ActstreamError, ConfigError, PublishError, SourceError
+from actstream.common.files import escaped, shown_path
 from actstream.stream.pipeline import RunOptions, run_pipeline
 
 log = logging.getLogger("actstream")
@@ -81,11 +82,11 @@ def cmd_replay(args) -> int:
                         "--config": args.config})
     _check_metrics_port(args.metrics_port)
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
-        raise ConfigError(f"--plot {args.plot}: unknown picture format {Path(args.plot).suffix!r}: "
+        raise ConfigError(f"--plot {shown_path(args.plot)}: unknown picture format {Path(args.plot).suffix!r}: "
                           f"end the name with {', '.join(PLOT_SUFFIXES)}")
     if args.annotate and Path(args.annotate).suffix.lower() not in ANNOTATE_SUFFIXES:
-        raise ConfigError(f"--annotate {args.annotate}: unknown video format {Path(args.annotate).suffix!r}: "
-                          f"end the name with {', '.join(ANNOTATE_SUFFIXES)}")
+        raise ConfigError(f"--annotate {shown_path(args.annotate)}: unknown video format "
+                          f"{Path(args.annotate).suffix!r}: end the name with {', '.join(ANNOTATE_SUFFIXES)}")
     truth = None
     if args.truth:
         from actstream.stream.plot import read_truth
@@ -100,7 +101,7 @@ def cmd_replay(args) -> int:
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
         if args.annotate and not source.has_video_track:
-            raise SourceError(f"{args.path}: has no video track to annotate: use --plot OUT.png for "
+            raise SourceError(f"{shown_path(args.path)}: has no video track to annotate: use --plot OUT.png for "
                               f"audio-only recordings")
     except ActstreamError:
         source.close()
@@ -131,8 +132,8 @@ def _written(flag: str, path: str, write) -> None:
     try:
         write()
     except (OSError, av.error.FFmpegError) as exc:
-        raise PublishError(f"writing {flag} {path} failed ({getattr(exc, 'strerror', None) or exc}): free some "
-                           f"space or choose another path") from exc
+        raise PublishError(f"writing {flag} {shown_path(path)} failed ({getattr(exc, 'strerror', None) or exc}): free "
+                           f"some space or choose another path") from exc
 
 
 def _write_stats(path: str, summary) -> None:
@@ -378,8 +379,8 @@ def cmd_train(args) -> int:
         from actstream.stream.outputs import check_output_folder
 
         if not Path(args.data, "manifests").is_dir():
-            raise ConfigError(f"{args.data}: has no manifests/ folder: --recipe default trains from the shared "
-                              f"data folder (../shared/data)")
+            raise ConfigError(f"{shown_path(args.data)}: has no manifests/ folder: --recipe default trains from the "
+                              f"shared data folder (../shared/data)")
         check_output_folder("--out", args.out or "engines/weights/default")
         card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
                              quick=args.quick, progress=_progress())
@@ -438,11 +439,13 @@ def cmd_eval_teaching(args) -> int:
 
     seeds = _seeds(args.seeds)
     if not Path(args.data, "manifests", "weizmann.csv").is_file():
-        raise ConfigError(f"{args.data}: lacks manifests/weizmann.csv: pass the shared data folder (../shared/data)")
+        raise ConfigError(f"{shown_path(args.data)}: lacks manifests/weizmann.csv: pass the shared data folder "
+                          f"(../shared/data)")
     report_path = Path(args.report)
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     if not isinstance(report, dict):
-        raise ConfigError(f"--report {report_path}: is not a JSON object: name an eval report or a new file")
+        raise ConfigError(f"--report {shown_path(report_path)}: is not a JSON object: name an eval report or a new "
+                          f"file")
     report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto) taught on some people of "
                                       "../shared/data, judged on others by the majority of steps after 1 s",
                           "seeds": seeds, **teaching_protocol(Path(args.data), seeds, epochs=args.epochs,
@@ -461,6 +464,14 @@ def _seeds(text: str) -> list[int]:
     if not 1 <= len(seeds) <= 10 or min(seeds) < 0:
         raise ConfigError(f"--seeds {text!r}: expected 1 to 10 seeds from 0, e.g. 0,1,2")
     return seeds
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Each log record on one line, with what a file name or a peer put in it escaped (common.files.escaped):
+    a newline or an escape sequence in a message never forges a line or reaches the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escaped(super().format(record))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -634,12 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="actstream: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter("actstream: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         return args.fn(args)
     except ActstreamError as exc:
-        print(f"actstream: error: {exc}", file=sys.stderr)
+        print(f"actstream: error: {escaped(str(exc))}", file=sys.stderr)  # one line, whatever a name held
         return 2
     except KeyboardInterrupt:
         return 130

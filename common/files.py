@@ -33,8 +33,9 @@ def escaped(text: str) -> str:
 
 
 def show_value(value: Any, limit: int = 80) -> str:
-    """A value for a one-line message: repr (escapes newlines), cut to `limit` characters."""
-    r = repr(value)
+    """A value for a one-line message: repr (escapes newlines; a string's bytes that are not UTF-8 as \\xNN),
+    cut to `limit` characters."""
+    r = repr(value) if not isinstance(value, str) or value.isprintable() else f"'{escaped(value)}'"
     return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
 
 

@@ -139,6 +139,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
 
     from actstream.stream.demo import MediaWriter
     from actstream.common.errors import SourceError
+    from actstream.common.files import shown_path
     from actstream.stream.sources import _open_container
 
     timed = sorted(messages, key=lambda m: m["t"])
@@ -148,13 +149,14 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     container = _open_container(Path(video))
     try:
         if not container.streams.video:
-            raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
+            raise SourceError(f"{shown_path(video)}: has no video track to annotate: use --plot for audio-only "
+                              f"recordings")
         vstream = container.streams.video[0]
         astream = container.streams.audio[0] if container.streams.audio else None
         fps = int(round(float(vstream.average_rate or 25)))
         t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
         if not (vstream.codec_context.width and vstream.codec_context.height):
-            raise SourceError(f"{video}: its video track declares no frame size: cannot annotate it")
+            raise SourceError(f"{shown_path(video)}: its video track declares no frame size: cannot annotate it")
         w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
         state, k = OverlayState(), 0
@@ -164,7 +166,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as exc:
-                    log.warning("%s: skipping an undecodable packet while annotating: %s", video, exc)
+                    log.warning("%s: skipping an undecodable packet while annotating: %s", shown_path(video), exc)
                     continue
                 for frame in frames:
                     if packet.stream is astream:

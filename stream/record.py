@@ -16,6 +16,7 @@ import numpy as np
 from actstream.engines.bundle import MAX_LABEL_CHARS
 
 from actstream.common.errors import ConfigError, SourceError
+from actstream.common.files import shown_path
 from actstream.stream.sources import LiveSource
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ def record(dataset: str | Path, label: str, seconds: float, camera: str, mic: st
     check_output_folder("--dataset", dataset)
     folder = dataset / label
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--label {label}: {folder} is a file, not a folder: move it or choose another label")
+        raise ConfigError(f"--label {label}: {shown_path(folder)} is a file, not a folder: move it or choose another "
+                          f"label")
     source = LiveSource(camera, mic, RATE, window_samples=1, frame_ring=fps * 2, audio_ring_s=10.0)
     source.start()
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first

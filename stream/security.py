@@ -21,7 +21,7 @@ import re
 import time
 from pathlib import Path
 
-from actstream.common.files import read_small_text
+from actstream.common.files import read_small_text, shown_path
 from actstream.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,8 @@ def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False
         if not replace:
             for existing in (folder / CLIENTS / f"{name}.key", folder / f"{name}.key_secret"):
                 if existing.exists() or existing.is_symlink():
-                    raise ConfigError(f"client {name!r} already has a key ({existing}): pass --replace to make "
-                                      f"it a new one (its old key pair stops working), or choose another name")
+                    raise ConfigError(f"client {name!r} already has a key ({shown_path(existing)}): pass --replace to "
+                                      f"make it a new one (its old key pair stops working), or choose another name")
     written = []
     try:
         (folder / CLIENTS).mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,8 @@ def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False
             _write_key_file(folder / f"{name}.key_secret", public, secret)
             written += [folder / CLIENTS / f"{name}.key", folder / f"{name}.key_secret"]
     except OSError as exc:
-        raise ConfigError(f"cannot write keys to {folder}: {exc.strerror}: choose a writable folder") from exc
+        raise ConfigError(f"cannot write keys to {shown_path(folder)}: {exc.strerror}: choose a writable "
+                          f"folder") from exc
     return written
 
 
@@ -179,10 +180,10 @@ def load_pair(path: str | Path, what: str) -> tuple[bytes, bytes | None]:
         except (ValueError, KeyError, IndexError, OverflowError):
             ok = False
         if not ok:
-            raise ConfigError(f"{what} {path}: its {kind} key is not a 40-character Z85 CURVE key: make keys "
-                              f"with `actstream keys`")
+            raise ConfigError(f"{what} {shown_path(path)}: its {kind} key is not a 40-character Z85 CURVE key: make "
+                              f"keys with `actstream keys`")
     if "public" not in keys:
-        raise ConfigError(f"{what} {path} holds no valid public key: make keys with `actstream keys`")
+        raise ConfigError(f"{what} {shown_path(path)} holds no valid public key: make keys with `actstream keys`")
     return keys["public"], keys.get("secret")
 
 
@@ -216,8 +217,8 @@ class CurveServer:
         clients = self.folder / CLIENTS
         allowed = self._allow_list(clients)
         if not allowed:
-            raise ConfigError(f"no client public keys in {clients}: add one with `actstream keys {self.folder} "
-                              f"--client NAME`")
+            raise ConfigError(f"no client public keys in {shown_path(clients)}: add one with `actstream keys "
+                              f"{shown_path(self.folder)} --client NAME`")
         mode = (self.folder / f"{SERVER}.key_secret").stat().st_mode & 0o077
         if mode:
             log.warning("%s is readable by other users (mode %o): chmod 600 it",
@@ -240,8 +241,8 @@ class CurveServer:
                 public, _ = load_pair(path, "client key")
                 allowed.add(public)
             elif not path.name.startswith("."):
-                raise ConfigError(f"{path} is not a client key (NAME.key): only the keys made by `actstream keys "
-                                  f"DIR --client NAME` belong in {clients}: move it away")
+                raise ConfigError(f"{shown_path(path)} is not a client key (NAME.key): only the keys made by "
+                                  f"`actstream keys DIR --client NAME` belong in {shown_path(clients)}: move it away")
         return allowed
 
     def apply(self, sock) -> None:

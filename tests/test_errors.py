@@ -171,3 +171,33 @@ def test_a_file_name_that_is_not_utf8_is_carried_escaped_in_source(tmp_path):
     assert r.returncode == 0, r.stderr
     msgs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(msgs) == 2 * 10 + 2 and {m["source"] for m in msgs} == {"caf\\xe9.wav"}
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "folder", "audio", "out", "config", "truth", "model",
+                                  "server-key", "train"])
+def test_every_error_shows_a_hostile_file_name_escaped_on_one_line(tmp_path, case):
+    import os
+
+    evil = os.fsencode(tmp_path) + b"/" + EVIL
+    wav = _wav(tmp_path / "a.wav", 16000)
+    if case == "corrupt":
+        with open(evil, "wb") as fh:
+            fh.write(b"not a recording" * 100)
+    elif case in ("folder", "keys"):
+        os.mkdir(evil)
+        if case == "keys":
+            with open(evil + b"/notes.txt", "w") as fh:
+                fh.write("mine")
+    args = {"missing": ["replay", evil], "corrupt": ["replay", evil], "folder": ["replay", evil],
+            "audio": ["replay", wav, "--audio", evil], "out": ["replay", wav, "--out", evil + b"/out.jsonl"],
+            "config": ["replay", wav, "--config", evil], "truth": ["replay", wav, "--plot", tmp_path / "p.png",
+                                                                 "--truth", evil],
+            "model": ["replay", wav, "--model", evil], "keys": ["keys", evil],
+            "server-key": ["listen", "--server-key", evil, "--client-key", evil, "--timeout", "1"],
+            "train": ["train", evil, "--out", tmp_path / "m"]}[case]
+    r = run_cli_bytes(*args, "--publish", "none") if args[0] == "replay" else run_cli_bytes(*args)
+    err = r.stderr
+    assert r.returncode == 2 and err.count(b"\n") == 1 and err.startswith(b"actstream: error: "), err
+    assert b"\x1b" not in err and b"\xff" not in err and b"Traceback" not in err, err
+    shown = err.decode("utf-8")  # escaped: ASCII
+    assert EVIL_SHOWN in shown or (case == "model" and "x\\n\\x1b[31mred" in shown), err  # a config value: cut at 80
