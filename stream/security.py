@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -116,8 +117,66 @@ def _write_key_file(path: Path, public: bytes, secret: bytes | None) -> None:
     os.chmod(path, 0o600)  # in case the umask was stricter or a stale file existed
 
 
+MAX_FOLDER_ENTRIES = 10_000  # a keys folder holds the server pair and a few clients: more is some other folder
+
+
+def _keys_layout_intruder(folder: Path) -> str | None:
+    """The first entry of `folder` that has no place in a keys folder (server.key, server.key_secret,
+    NAME.key_secret, clients/NAME.key), or None when every entry has one (an empty folder included)."""
+    with os.scandir(folder) as entries:
+        for i, entry in enumerate(entries):
+            if i >= MAX_FOLDER_ENTRIES:
+                return entry.name
+            if entry.name == CLIENTS and entry.is_dir(follow_symlinks=False):
+                inside = _keys_layout_intruder_in_clients(Path(entry.path))
+                if inside is not None:
+                    return f"{CLIENTS}/{inside}"
+            elif not (entry.is_file(follow_symlinks=False)
+                      and (entry.name in (f"{SERVER}.key", f"{SERVER}.key_secret") or entry.name.endswith(".key_secret"))):
+                return entry.name
+    return None
+
+
+def _keys_layout_intruder_in_clients(clients: Path) -> str | None:
+    with os.scandir(clients) as entries:
+        for i, entry in enumerate(entries):
+            if i >= MAX_FOLDER_ENTRIES or not (entry.is_file(follow_symlinks=False) and entry.name.endswith(".key")):
+                return entry.name
+    return None
+
+
+def _claim_folder(folder: Path) -> None:
+    """Make the keys folder (mode 700), or take an existing one only if it is the user's own and empty or
+    already a keys folder; it is then set to mode 700. Anything else is refused before a byte is written:
+    `actstream keys /tmp` run as root must not lock every other user out of /tmp."""
+    shown = shown_path(folder)
+    fix = "name a new folder (it is made, mode 700), an empty folder of your own, or a keys folder"
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"keys folder {shown} is a symbolic link: {fix}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"keys folder {shown} is not a folder: {fix}")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"keys folder {shown} belongs to another user (uid {st.st_uid}), and keys would set it "
+                          f"to mode 700: {fix}")
+    intruder = _keys_layout_intruder(folder)
+    if intruder is not None:
+        raise ConfigError(f"keys folder {shown} holds other files ({shown_path(intruder)}), and keys would set it "
+                          f"to mode 700: {fix}")
+    os.chmod(folder, 0o700)
+
+
 def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False) -> list[Path]:
     """Create the server key pair (if absent) and one key pair per client name; returns the files written.
+
+    folder: made here (mode 700), or an existing folder of the user's own that is empty or already holds keys
+    (see _claim_folder); any other folder is refused, untouched.
 
     An existing client's key is replaced only with replace=True (its old key pair stops working); without,
     an existing name is refused before anything is written."""
@@ -135,8 +194,8 @@ def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False
                                       f"make it a new one (its old key pair stops working), or choose another name")
     written = []
     try:
-        (folder / CLIENTS).mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        _claim_folder(folder)
+        (folder / CLIENTS).mkdir(mode=0o700, exist_ok=True)
         if not (folder / f"{SERVER}.key_secret").exists():
             public, secret = zmq.curve_keypair()
             _write_key_file(folder / f"{SERVER}.key", public, None)

@@ -554,3 +554,41 @@ def test_keys_refuses_to_replace_an_existing_client_unless_asked(tmp_path):
     assert (keys / "clients" / "alice.key").read_text() != before
     r = run_cli("keys", str(keys), "--client", "../evil")
     assert r.returncode == 2 and "not usable" in r.stderr
+
+
+def test_keys_never_takes_over_a_folder_it_did_not_make(tmp_path):
+    """Issue 21 item 7: `keys DIR` set any existing folder to mode 700 (`keys /tmp` as root would lock every
+    other user out of /tmp). It may make a new folder, or use an empty one of the user's own, or a keys folder."""
+    theirs = tmp_path / "populated"
+    theirs.mkdir(mode=0o755)
+    (theirs / "notes.txt").write_text("not a key")
+    os.chmod(theirs, 0o755)
+    r = run_cli("keys", str(theirs), "--client", "laptop")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "notes.txt" in r.stderr, r.stderr
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o755 and sorted(os.listdir(theirs)) == ["notes.txt"]
+
+    other = tmp_path / "someone_elses"
+    other.mkdir(mode=0o755)
+    os.chmod(other, 0o755)
+    if os.geteuid() == 0:
+        os.chown(other, 65534, 65534)  # nobody's, empty
+        r = run_cli("keys", str(other))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "belongs to" in r.stderr, r.stderr
+        assert stat.S_IMODE(other.stat().st_mode) == 0o755 and os.listdir(other) == []
+    link = tmp_path / "link"
+    link.symlink_to(theirs)
+    r = run_cli("keys", str(link))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "symbolic link" in r.stderr, r.stderr
+
+    # what it may use: a new folder (made 700), an empty folder of one's own, a folder `keys` made
+    for folder in (tmp_path / "new" / "keys", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir(mode=0o755)
+        r = run_cli("keys", str(folder), "--client", "laptop")
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert run_cli("keys", str(folder), "--client", "phone").returncode == 0  # a keys folder: used again
+        assert (folder / "clients" / "phone.key").is_file()
+    (tmp_path / "empty" / "clients" / "README").write_text("x")
+    r = run_cli("keys", str(tmp_path / "empty"), "--client", "tablet")
+    assert r.returncode == 2 and "README" in r.stderr and not (tmp_path / "empty" / "tablet.key_secret").exists()

@@ -174,7 +174,7 @@ def test_a_file_name_that_is_not_utf8_is_carried_escaped_in_source(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "folder", "audio", "out", "config", "truth", "model",
-                                  "server-key", "train"])
+                                  "keys", "server-key", "train"])
 def test_every_error_shows_a_hostile_file_name_escaped_on_one_line(tmp_path, case):
     import os
 
