@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording of activity needs more
 AUDIO_RATES = (4000, 384000)  # Hz accepted for an audio track (resampled to the model's rate)
 MAX_CHANNELS = 32  # more is not a recording of a room (and FFmpeg's mixer refuses some layouts)
+MAX_SAMPLE = 1e6  # |sample| beyond this (full scale is 1) is no recording; its square overflows the front end
 MIN_SECONDS = 0.01  # the shortest step (step.step_ms >= 10): a recording shorter than this can give no label
 
 
@@ -113,6 +114,16 @@ def _declared_channels(path: Path) -> int | None:
     return None
 
 
+def broken_samples(x: np.ndarray) -> np.ndarray | None:
+    """A mask of the samples that are no usable audio, or None when there are none: NaN and infinity (a float
+    WAV can hold them, and a float64 sample beyond float32's range becomes infinite when decoded) and
+    magnitudes beyond MAX_SAMPLE. They would reach the front end and the model, and numpy would print its own
+    warnings."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(x) <= MAX_SAMPLE)  # NaN compares False
+    return bad if bad.any() else None
+
+
 class _AudioTrack:
     """Decodes one audio stream to mono float32 at `rate` into an AudioRing, on demand."""
 
@@ -137,6 +148,7 @@ class _AudioTrack:
         self._frames = self._decode()
         self.done = False
         self.errors = 0
+        self.nonfinite = 0  # samples (at `rate`) replaced by silence because they were NaN or infinite
         dur = self.stream.duration * self.stream.time_base if self.stream.duration else None
         self.duration = float(dur) if dur else (self.container.duration / 1e6 if self.container.duration else None)
 
@@ -174,7 +186,20 @@ class _AudioTrack:
                 log.warning("%s: audio decoding stopped early: %s", shown_path(self.path), exc)
                 self.done = True
                 break
-            self.ring.write(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+            self.ring.write(self._finite(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)))
+
+    def _finite(self, x: np.ndarray) -> np.ndarray:
+        """x with every sample that is no usable number replaced by silence, said once per track (see
+        broken_samples)."""
+        bad = broken_samples(x)
+        if bad is None:
+            return x
+        if not self.nonfinite:
+            first = (self.ring.written + int(np.argmax(bad))) / self.rate
+            log.warning("%s: audio samples that are not finite numbers (NaN, infinity or beyond +-%g) from %.2f s "
+                        "on: replaced with silence", shown_path(self.path), MAX_SAMPLE, first)
+        self.nonfinite += int(bad.sum())
+        return np.where(bad, np.float32(0.0), x)
 
     def close(self) -> None:
         self.container.close()
@@ -485,4 +510,10 @@ def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
             chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
     except av.error.FFmpegError as exc:
         raise SourceError(f"{shown_path(path)}: cannot be decoded: {exc}") from exc
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    x = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    bad = broken_samples(x)
+    if bad is not None:
+        log.warning("%s: %d audio samples that are not finite numbers (NaN, infinity or beyond +-%g): replaced with "
+                    "silence", shown_path(path), int(bad.sum()), MAX_SAMPLE)
+        x[bad] = 0.0
+    return x

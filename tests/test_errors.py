@@ -201,3 +201,35 @@ def test_every_error_shows_a_hostile_file_name_escaped_on_one_line(tmp_path, cas
     assert b"\x1b" not in err and b"\xff" not in err and b"Traceback" not in err, err
     shown = err.decode("utf-8")  # escaped: ASCII
     assert EVIL_SHOWN in shown or (case == "model" and "x\\n\\x1b[31mred" in shown), err  # a config value: cut at 80
+
+
+def _float_wav(path, x, rate: int = 16000):
+    """A mono IEEE-float64 WAV (format tag 3) written by hand, whatever values x holds."""
+    import struct
+
+    data = x.astype("<f8").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 8, 8, 64)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt "
+                     + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+    return path
+
+
+def test_non_finite_samples_are_replaced_with_silence_and_one_warning(tmp_path):
+    """Issue 21 item 8: a float WAV with NaN and infinite samples replayed with four lines of numpy warnings
+    (and NaN through the front end). They are silence now, said once."""
+    import json
+
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal(3 * 16000) * 0.1
+    x[10000:10100] = np.nan
+    x[20000], x[30000], x[40000], x[42000] = np.inf, -np.inf, 1e300, 1e30  # 1e300: infinite as float32
+    out = tmp_path / "out.jsonl"
+    r = run_cli("replay", str(_float_wav(tmp_path / "nan.wav", x)), "--publish", "none", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("actstream: 30 steps"), r.stderr  # the warning, the summary
+    assert lines[0].startswith("actstream: WARNING: ") and "nan.wav" in lines[0] and "not finite" in lines[0]
+    assert "0.62 s" in lines[0] and "silence" in lines[0], lines[0]  # where the first one was
+    msgs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(msgs) == 2 * 30 + 4 and all(isinstance(m["score"], float) for m in msgs if m["topic"] != "status")
