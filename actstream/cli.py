@@ -210,6 +210,25 @@ def _format_text(msg: dict) -> str:
     return f"{t}s  {str(msg.get('topic')):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
 
 
+def _json_printable(text: str) -> str:
+    """JSON text with every character that is not printable written as a JSON escape: json.dumps escapes the
+    C0 controls but leaves DEL, the C1 controls (0x9b is a terminal's CSI), bidi overrides and lone
+    surrogates raw. The value read back is the same."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif code > 0xFFFF:  # a surrogate pair
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
 def cmd_listen(args) -> int:
     import math
 
@@ -227,8 +246,9 @@ def cmd_listen(args) -> int:
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
                              server_key=args.server_key, client_key=args.client_key, tracker=tracker):
-            line = (json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-                    if args.format == "json" else _format_text(msg))
+            # a publisher's strings reach a terminal: no control character, escape sequence or forged line
+            line = (_json_printable(json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+                    if args.format == "json" else escaped(_format_text(msg)))
             print(line, flush=True)
             n += 1
             if args.count and n >= args.count:

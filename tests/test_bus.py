@@ -592,3 +592,45 @@ def test_keys_never_takes_over_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "empty" / "clients" / "README").write_text("x")
     r = run_cli("keys", str(tmp_path / "empty"), "--client", "tablet")
     assert r.returncode == 2 and "README" in r.stderr and not (tmp_path / "empty" / "tablet.key_secret").exists()
+
+
+def test_listen_never_writes_a_publishers_control_characters(port):
+    """Issue 21 item 4: `--format text` wrote what a publisher put in a label, a class or a status field
+    straight to the terminal: escape sequences, CR, NUL, and newlines that forge whole lines. Every character
+    that is not printable is escaped now, in text and in JSON (json.dumps leaves DEL, C1 controls such as
+    CSI 0x9b and bidi overrides raw)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    evil = "a\x1b[2J\x1b]0;owned\x07\rb\x00c\n   9.99s  speech    FORGED\x7f\x9b31m\u202eZ\ud800"
+    msgs = [{"v": 1, "topic": "speech", "seq": 0, "t": 0.1, "label": evil, "score": 0.5,
+             "scores": {evil: 0.5, "no_speech": 0.5}},
+            {"v": 1, "topic": "status", "seq": 0, "t": 1.0, "state": evil, "steps": evil, "drops": {evil: 1},
+             "latency_ms": None},
+            {"v": 1, "topic": "status", "seq": 1, "t": 2.0, "state": "end", "steps": 1}]
+    for fmt in ("text", "json"):
+        pub = RawPublisher(port)
+        proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", fmt,
+                                 "--until-end", "--timeout", "20"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            pub.wait_subscribed()
+            for m in msgs:  # the SUB's filter is in place: its subscription arrived
+                pub.sock.send_multipart([m["topic"].encode(), json.dumps(m).encode()])
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            pub.close()
+        assert proc.returncode == 0, err
+        text = out.decode("utf-8")
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) == len(msgs) + 1, text  # one line per message, no forged ones
+        assert all(line.isprintable() for line in lines), text
+        if fmt == "text":
+            assert "a\\x1b[2J\\x1b]0;owned\\x07\\rb\\x00c\\n" in lines[0] and "\\x7f\\x9b31m\\u202eZ" in lines[0]
+        else:
+            assert [json.loads(line) for line in lines[:-1]] == msgs  # the same values, escaped as JSON
