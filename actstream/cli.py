@@ -243,6 +243,7 @@ def cmd_listen(args) -> int:
         raise ConfigError(f"--count {args.count}: cannot be negative: pass 0 for no limit")
     tracker = SeqTracker()
     n = 0
+    ended = False
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
                              server_key=args.server_key, client_key=args.client_key, tracker=tracker):
@@ -252,8 +253,10 @@ def cmd_listen(args) -> int:
             print(line, flush=True)
             n += 1
             if args.count and n >= args.count:
+                ended = True
                 break
             if args.until_end and msg.get("topic") == "status" and msg.get("state") == "end":
+                ended = True
                 break
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot subscribe to {args.endpoint}: {exc.strerror}: expected an endpoint like "
@@ -263,7 +266,16 @@ def cmd_listen(args) -> int:
     finally:
         if tracker.bad:
             log.warning("skipped %d bad message(s) (not [topic, JSON object]); printed %d", tracker.bad, n)
-    return 0
+    if ended or (n and not args.count and not args.until_end):
+        return 0  # the goal reached, or a timeout after messages that set no goal: how such a listen ends
+    # --timeout passed without what was asked for: a health check must be able to fail (exit 1: unhealthy)
+    topics = (f"topic{'s' if len(args.topic) > 1 else ''} {', '.join(args.topic)}" if args.topic else "all topics")
+    goal = (f"{n} of the {args.count} message(s) asked for" if args.count and n
+            else f"no end of stream after {n} message(s)" if args.until_end and n else "no message")
+    again = f", {tracker.reconnects} reconnect(s)" if tracker.reconnects else ""
+    print(escaped(f"actstream: error: {goal} from {args.endpoint} within {args.timeout:g} s ({topics}{again}): "
+                  f"is a publisher running there?"), file=sys.stderr)
+    return 1
 
 
 def cmd_devices(args) -> int:

@@ -634,3 +634,141 @@ def test_listen_never_writes_a_publishers_control_characters(port):
             assert "a\\x1b[2J\\x1b]0;owned\\x07\\rb\\x00c\\n" in lines[0] and "\\x7f\\x9b31m\\u202eZ" in lines[0]
         else:
             assert [json.loads(line) for line in lines[:-1]] == msgs  # the same values, escaped as JSON
+
+
+def _lines_of(stream, into: "queue.Queue[str]") -> None:
+    for line in iter(stream.readline, ""):
+        into.put(line)
+
+
+def _wait_line(lines, pred, timeout_s: float, seen: list[str]) -> str:
+    """The first line (from a reader thread's queue) that pred accepts, within timeout_s; every line read is
+    kept in `seen`."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if pred(line):
+            return line
+    pytest.fail(f"no such line within {timeout_s} s; got {seen}")
+
+
+def _listen(*args: str):
+    """`actstream listen ARGS` in a child process, its stdout and stderr read line by line by threads."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    out, err = queue.Queue(), queue.Queue()
+    for stream, q in ((proc.stdout, out), (proc.stderr, err)):
+        threading.Thread(target=_lines_of, args=(stream, q), daemon=True).start()
+    return proc, out, err
+
+
+def test_listen_reconnects_after_a_frame_over_its_cap_drops_the_connection(port):
+    """Issue 21 item 3: one frame over listen's 65 KiB cap made its SUB drop the connection, and ZeroMQ never
+    connects again after such a (protocol) error: the publisher saw an unsubscribe and never a new subscribe,
+    and listen printed nothing more while the publisher sent. Now it says so, connects and subscribes again."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = RawPublisher(port)
+    proc, out, err = _listen(endpoint, "--count", "2")
+    seen_out: list[str] = []
+    try:
+        pub.wait_subscribed()
+        first = {"v": 1, "topic": "speech", "seq": 0, "t": 0.1, "label": "speech", "score": 0.9, "scores": {}}
+        pub.sock.send_multipart([b"speech", json.dumps(first).encode()])
+        assert json.loads(_wait_line(out, lambda _: True, 20, seen_out))["seq"] == 0
+        pub.sock.send_multipart([b"speech", b"x" * (70 * 1024)])  # over the cap: the SUB drops the connection
+        assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x00"  # its unsubscribe
+        assert pub.sock.poll(10_000), "listen never subscribed again"
+        assert pub.sock.recv() == b"\x01"
+        pub.sock.send_multipart([b"speech", json.dumps({**first, "seq": 1, "t": 0.2}).encode()])
+        assert json.loads(_wait_line(out, lambda _: True, 20, seen_out))["seq"] == 1
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.close()
+    said: list[str] = []
+    line = _wait_line(err, lambda x: "dropped" in x, 5, said)
+    assert endpoint in line and "reconnect 1" in line, said
+
+
+def test_subscribe_reconnects_a_connection_that_stays_silent(port, caplog):
+    """Issue 21 item 3: a connection that completed its handshake and then carries nothing for silence_s is
+    made anew (a publisher that lost our subscription, a half-open TCP connection); the client says so and
+    counts it (SeqTracker.reconnects)."""
+    import logging
+    import queue
+    import threading
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = RawPublisher(port)
+    tracker = SeqTracker()
+    got: "queue.Queue[dict]" = queue.Queue()
+
+    def consume():
+        for msg in subscribe(endpoint, ["speech"], timeout_s=15, tracker=tracker, silence_s=0.5):
+            got.put(msg)
+            return
+
+    with caplog.at_level(logging.WARNING, logger="actstream.stream.client"):
+        th = threading.Thread(target=consume, daemon=True)
+        th.start()
+        try:
+            pub.wait_subscribed()
+            assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x00speech"  # the silent connection, closed
+            assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x01speech"  # and subscribed again
+            msg = {"v": 1, "topic": "speech", "seq": 5, "t": 0.6, "label": "speech", "score": 0.9, "scores": {}}
+            pub.sock.send_multipart([b"speech", json.dumps(msg).encode()])
+            assert got.get(timeout=10)["seq"] == 5
+            th.join(10)
+        finally:
+            pub.close()
+    assert tracker.reconnects == 1
+    assert f"no message from {endpoint} for 0.5 s" in caplog.text and "subscribing again" in caplog.text
+
+
+def test_listen_health_check_fails_without_a_publisher(port):
+    """Issue 24 item 1: the README's health check could not fail: with no publisher, `listen --count 1
+    --timeout S` printed nothing and exited 0. Now: exit 1 and one line naming the endpoint."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    r = run_cli("listen", endpoint, "--topic", "status", "--count", "1", "--timeout", "2", timeout=30)
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("actstream: error: no message from " + endpoint), r.stderr
+    assert "within 2 s" in r.stderr and "status" in r.stderr
+    # with a publisher, the late joiner's welcome answers it at once
+    pub = Publisher(endpoint, None, "test", "m@0")
+    try:
+        pub.publish("status", 1.0, 1.0, "running", None, {}, state="running", steps=10)
+        wait_forwarded(pub)
+        r = run_cli("listen", endpoint, "--topic", "status", "--count", "1", "--timeout", "5", timeout=30)
+    finally:
+        pub.close(linger_ms=0)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["state"] == "running"
+
+
+def test_listen_says_what_it_waits_for(port):
+    """Issue 24 item 1: without --timeout, listen against a missing publisher waited in silence forever; it
+    says after a few seconds that it is still waiting, and for which endpoint."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc, _, err = _listen(endpoint, "--topic", "speech")
+    try:
+        said: list[str] = []
+        line = _wait_line(err, lambda x: "still waiting" in x, 20, said)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line.startswith(f"actstream: WARNING: no message from {endpoint} for 5 s (topic speech)"), line
+    assert "no publisher has answered" in line, line
