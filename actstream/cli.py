@@ -671,12 +671,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ENGINE_COMMANDS = frozenset({"replay", "live", "demo", "eval", "eval-teaching", "calibrate", "build", "bench",
+                             "train"})
+
+
+def _quiet_libraries(verbose: bool, cmd: str) -> None:
+    """OpenCV, the FFmpeg inside it and ONNX Runtime write their own lines to stderr (a missing camera gave four
+    of OpenCV's before the product's one line). The product says what matters in its own words; -v lets the
+    libraries' warnings through. Set here, in the CLI, before any of them is imported: the library itself
+    configures no logging. A user's own OPENCV_LOG_LEVEL or OPENCV_FFMPEG_LOGLEVEL is kept."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if verbose else "SILENT")  # read at OpenCV's first log
+    if not verbose:  # OpenCV's FFmpeg: AV_LOG_QUIET (set, it also routes FFmpeg's lines through OpenCV)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if cmd in ENGINE_COMMANDS:  # ONNX Runtime's process-wide logger (sessions set their own level)
+        try:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(2 if verbose else 3)  # 2 WARNING, 3 ERROR
+        except ImportError:  # pragma: no cover - a dependency of the package
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # One BLAS thread: the front end's small matrix products only lose to thread spin-up, and the inference
     # backends have their own pools; set before numpy is first imported (no module here imports it at the top).
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose, args.cmd)
     handler = logging.StreamHandler()
     handler.setFormatter(_OneLineFormatter("actstream: %(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])

@@ -479,6 +479,7 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         from actstream.engines.precision import encoder_file
 
         io = expected_io(spec)
+        said: set[str] = set()  # TensorRT's fallback reasons already warned about: one warning per model
 
         def make(path_fn, name: str, encoder: str | None, preferred_batch: int = 0) -> Engine:
             n = threads if name == "video_encoder" or not small_threads else small_threads
@@ -493,8 +494,8 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             from actstream.engines.tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
-            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, n, name, expect=io[name]),
-                             name)
+            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, n, name, expect=io[name],
+                                                     said=said), name)
 
         enc: dict[str, Engine] = {}
         if "audio" in spec.modalities:

@@ -233,3 +233,31 @@ def test_non_finite_samples_are_replaced_with_silence_and_one_warning(tmp_path):
     assert "0.62 s" in lines[0] and "silence" in lines[0], lines[0]  # where the first one was
     msgs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(msgs) == 2 * 30 + 4 and all(isinstance(m["score"], float) for m in msgs if m["topic"] != "status")
+
+
+# issue 24, item 3: the libraries below speak only through the product
+
+def test_a_missing_camera_is_one_line_without_opencvs_own(tmp_path):
+    """OpenCV printed its own lines first ([ WARN:0@0.3] ... can't open camera by index, the FFmpeg backend's
+    exception text, [ERROR:0@0.5] global obsensor_uvc_stream_channel.cpp:163 getStreamChannelGroup Camera
+    index out of range); FFmpeg inside OpenCV printed `[tcp @ 0x...] Connection ... refused` for a URL."""
+    from tests.conftest import free_port
+
+    for camera in ("7", f"http://127.0.0.1:{free_port()}/video.mjpg"):
+        r = run_cli("live", "--camera", camera, "--mic", "none", "--seconds", "1", "--publish", "none", timeout=90)
+        one_line_error(r, f"camera {camera!r} cannot be opened", "--camera none")
+
+
+def test_a_warning_that_is_the_same_for_every_network_is_said_once(tmp_path):
+    """`--backend tensorrt` without TensorRT said "TensorRT is not installed" once per network: three times for
+    the default model."""
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here: nothing falls back")
+    except ImportError:
+        pass
+    r = run_cli("replay", str(_wav(tmp_path / "a.wav", 8000)), "--publish", "none", "--backend", "tensorrt")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("actstream: 5 steps"), r.stderr  # the warning, the summary
+    assert lines[0].startswith("actstream: WARNING: TensorRT is not installed") and "ONNX Runtime" in lines[0]
