@@ -140,7 +140,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     from actstream.stream.demo import MediaWriter
     from actstream.common.errors import SourceError
     from actstream.common.files import shown_path
-    from actstream.stream.sources import _open_container
+    from actstream.stream.sources import _open_container, video_orientation
 
     timed = sorted(messages, key=lambda m: m["t"])
     final = OverlayState()  # every topic the run published: the panel's height from the first frame on
@@ -157,7 +157,14 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
         t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
         if not (vstream.codec_context.width and vstream.codec_context.height):
             raise SourceError(f"{shown_path(video)}: its video track declares no frame size: cannot annotate it")
-        w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
+        # upright as replay saw it: the rotation the container declares (read from a first frame of its own)
+        probe = _open_container(Path(video))
+        try:
+            orientation, _ = video_orientation(Path(video), probe, probe.streams.video[0])
+        finally:
+            probe.close()
+        stored = (vstream.codec_context.height, vstream.codec_context.width)
+        w, h = image_size(stored[::-1] if orientation.turns else stored)
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
         state, k = OverlayState(), 0
         streams = [vstream] + ([astream] if astream is not None else [])
@@ -176,7 +183,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                     while k < len(timed) and timed[k]["t"] <= t + 1e-6:
                         state.update(timed[k])
                         k += 1
-                    img = render(frame.to_ndarray(format="bgr24"), state, size[1])
+                    img = render(np.ascontiguousarray(orientation.apply(frame.to_ndarray(format="bgr24"))), state,
+                                 size[1])
                     if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
                         img = img[:size[1], :size[0]]  # even sizes for yuv420p
                     else:  # a frame smaller than the track's declared size
