@@ -183,8 +183,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                     while k < len(timed) and timed[k]["t"] <= t + 1e-6:
                         state.update(timed[k])
                         k += 1
-                    img = render(np.ascontiguousarray(orientation.apply(frame.to_ndarray(format="bgr24"))), state,
-                                 size[1])
+                    img = render(orientation.apply(frame.to_ndarray(format="bgr24")), state, size[1])
                     if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
                         img = img[:size[1], :size[0]]  # even sizes for yuv420p
                     else:  # a frame smaller than the track's declared size

@@ -224,13 +224,14 @@ class Orientation:
         return self.k % 2 == 1
 
     def apply(self, img: np.ndarray) -> np.ndarray:
-        """img (H, W, C) upright: a view, no copy (the ring copies it)."""
+        """img (H, W, C) upright. OpenCV's rotate and flip (np.rot90's strided copy into the ring took 0.5 ms
+        for 320x240 on the development VM, cv2.rotate 0.04 ms)."""
+        import cv2
+
         if self.k:
-            img = np.rot90(img, self.k)
-        if self.flip_v:
-            img = img[::-1]
-        if self.flip_h:
-            img = img[:, ::-1]
+            img = cv2.rotate(img, (cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)[self.k - 1])
+        if self.flip_v or self.flip_h:
+            img = cv2.flip(img, -1 if self.flip_v and self.flip_h else 0 if self.flip_v else 1)
         return img
 
     def __str__(self) -> str:
@@ -395,7 +396,7 @@ class _VideoTrack:
             log.warning("%s: skipping a frame that cannot be converted: %s", shown_path(self.path), exc)
             return
         if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
-            img = cv2.resize(np.ascontiguousarray(img), (self.shape[1], self.shape[0]))
+            img = cv2.resize(img, (self.shape[1], self.shape[0]))
         self.ring.write(img, ft, 0.0)
 
     def close(self) -> None:
