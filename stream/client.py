@@ -2,6 +2,7 @@
 
 A subscriber that joins mid-stream first gets the last message of each topic it subscribed to (the current
 label state), then the live stream. `SeqTracker` tells from the per-topic `seq` whether anything was missed.
+A connection that ZeroMQ drops, or that stays silent, is made anew and subscribed again (see subscribe).
 """
 
 from __future__ import annotations
@@ -152,10 +153,10 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
     A connection that drops (a frame over MAX_FRAME_BYTES, after which ZeroMQ itself never connects again;
     a publisher that stopped or restarted) is made anew, after RECONNECT_S's backoff, and subscribed again.
     silence_s: after this long without a message a warning says what is awaited and from where (then after
-    twice as long, and so on up to MAX_SILENCE_S; None: never); at each such notice a connection that has
-    carried nothing for that long since its handshake (a publisher that lost the subscription, a half-open
-    TCP connection), or whose handshake failed, is made anew too. Each new connection is logged and counted
-    in tracker.reconnects.
+    twice as long, and so on, at most MAX_SILENCE_S apart; None: never); at each such notice a connection that
+    has carried nothing for silence_s / 2 or more since its handshake (a publisher that lost the subscription,
+    a half-open TCP connection), or whose handshake failed, is made anew too. Each new connection is logged
+    and counted in tracker.reconnects.
     """
     if bool(server_key) != bool(client_key):
         given, missing = ("--server-key", "--client-key") if server_key else ("--client-key", "--server-key")
