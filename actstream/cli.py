@@ -291,13 +291,13 @@ def cmd_devices(args) -> int:
         if not mics:
             print("  none found")
     for d in mics:
-        print(f"  {d.index}: {d.name} ({d.detail})")
+        print(escaped(f"  {d.index}: {d.name} ({d.detail})"))  # names come from drivers and sound servers
     print("cameras (OpenCV): --camera INDEX, a part of the name, /dev/videoN or a URL")
     cams = list_cameras()
     if not cams:
         print("  none found; a URL (rtsp://, http://...) works with --camera too")
     for d in cams:
-        print(f"  {d.index}: {d.name or '(no name)'} ({d.detail})")
+        print(escaped(f"  {d.index}: {d.name or '(no name)'} ({d.detail})"))
     return 0
 
 
@@ -305,7 +305,7 @@ def cmd_keys(args) -> int:
     from actstream.stream.security import make_keys
 
     for path in make_keys(Path(args.dir), args.client or [], replace=args.replace):
-        print(path)
+        print(shown_path(path))
     return 0
 
 
@@ -322,7 +322,7 @@ def cmd_demo(args) -> int:
     sample = make_demo_sample(out_dir / "demo.mp4")
     endpoint = args.publish
     pace = "" if args.fast else " in real time"
-    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{pace}, "
+    print(f"demo: made {shown_path(sample)} (synthesized speech, knocks and generated frames); replaying it{pace}, "
           f"publishing on {endpoint}; a subscriber process prints what it receives:", flush=True)
     listener = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", "text",
                                  "--until-end", "--timeout", "30"])
@@ -368,7 +368,7 @@ def cmd_calibrate(args) -> int:
         print(f"{name} encoder INT8: {'passed' if e['passed'] else 'REFUSED as default'} ({e['reason']}); "
               f"{sp['fp32_ms_batch1']:.3f} -> {sp['int8_ms_batch1']:.3f} ms per input at batch 1 "
               f"(x{sp['speedup_batch1']:.2f}), x{sp['speedup_batch32']:.2f} at batch 32")
-    print(f"wrote {record['folder']}/int8.json and the INT8 encoders (*_encoder.int8.onnx, *_encoder.trt.cache)")
+    print(f"wrote {shown_path(record['folder'])}/int8.json and the INT8 encoders (*_encoder.int8.onnx, *_encoder.trt.cache)")
     return 0
 
 
@@ -377,7 +377,7 @@ def cmd_build(args) -> int:
 
     cfg = _apply_common(load_config(args.config), args)
     for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16", progress=_progress()):
-        print(f"engine: {path}")
+        print(f"engine: {shown_path(path)}")
     return 0
 
 
@@ -434,7 +434,7 @@ def cmd_record(args) -> int:
     cfg = load_config(args.config)
     path = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
                   args.mic or cfg.live.mic)
-    print(path)
+    print(shown_path(path))
     return 0
 
 

@@ -772,3 +772,12 @@ def test_listen_says_what_it_waits_for(port):
         proc.wait()
     assert line.startswith(f"actstream: WARNING: no message from {endpoint} for 5 s (topic speech)"), line
     assert "no publisher has answered" in line, line
+
+
+def test_keys_prints_the_paths_it_wrote_one_per_line(tmp_path):
+    """Issue 21 item 6: the paths a command prints are shown escaped too: a folder name with a newline and an
+    escape sequence stays one line per file and reaches the terminal as text."""
+    r = run_cli("keys", str(tmp_path / "k\n\x1b[2Jeys"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all(x.isprintable() and "k\\n\\x1b[2Jeys" in x for x in lines), r.stdout
