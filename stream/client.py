@@ -178,22 +178,17 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
         last = quiet_since = time.monotonic()  # the last frame received, the last message yielded (or the start)
         notice_at = last + silence_s if silence_s is not None else None  # when silence is next said
         backoff = RECONNECT_S[0]
-        reopen_at: float | None = None  # a dropped connection is made anew then
+        remake_at: float | None = None  # a dropped connection is made anew then
+        poller = zmq.Poller()
+        poller.register(conn.sock, zmq.POLLIN)
+        poller.register(conn.monitor, zmq.POLLIN)
         while True:
             now = time.monotonic()
-            due = [t for t in (last + timeout_s if timeout_s is not None else None, notice_at, reopen_at)
+            due = [t for t in (last + timeout_s if timeout_s is not None else None, notice_at, remake_at)
                    if t is not None]
-            wait_ms = None if not due else max(0, int((min(due) - now) * 1000) + 1)
-            if conn is None:
-                ready = {}
-                time.sleep(wait_ms / 1000)  # only reopen_at is due: a connection is being made anew
-            else:
-                poller = zmq.Poller()
-                poller.register(conn.sock, zmq.POLLIN)
-                poller.register(conn.monitor, zmq.POLLIN)
-                ready = dict(poller.poll(wait_ms))
+            ready = dict(poller.poll(None if not due else max(0, int((min(due) - now) * 1000) + 1)))
             now = time.monotonic()
-            if conn is not None and conn.sock in ready:
+            if conn.sock in ready:  # first: what arrived before a drop is still read
                 frames = conn.sock.recv_multipart()
                 last = now
                 msg = _message(frames, wanted, tracker)
@@ -202,18 +197,19 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
                     notice_at = now + silence_s if silence_s is not None else None
                     yield msg
                 continue
-            if conn is not None and conn.monitor in ready:  # after what was received before the drop
-                if conn.dropped():
-                    tracker.reconnects += 1
-                    log.warning("connection to %s dropped (a frame over %d KiB, or the publisher stopped): "
-                                "connecting and subscribing again in %.1f s (reconnect %d)", endpoint,
-                                MAX_FRAME_BYTES // 1024, backoff, tracker.reconnects)
-                    conn.close()
-                    conn, reopen_at = None, now + backoff
-                    backoff = min(RECONNECT_S[1], backoff * 2)
-                    continue
-            if conn is None and reopen_at is not None and now >= reopen_at:
-                conn, reopen_at = _Connection(ctx, endpoint, topics or [""], server_key, client_key), None
+            if conn.monitor in ready and conn.dropped() and remake_at is None:
+                tracker.reconnects += 1
+                log.warning("connection to %s dropped (a frame over %d KiB, or the publisher stopped): "
+                            "connecting and subscribing again in %.1f s (reconnect %d)", endpoint,
+                            MAX_FRAME_BYTES // 1024, backoff, tracker.reconnects)
+                # the old socket stays open until then: ZeroMQ reports the drop before it hands over the
+                # last messages read with it, which are still delivered
+                remake_at = now + backoff
+                backoff = min(RECONNECT_S[1], backoff * 2)
+                continue
+            if remake_at is not None and now >= remake_at:
+                conn = _remake(conn, poller, ctx, endpoint, topics, server_key, client_key)
+                remake_at = None
                 continue
             if timeout_s is not None and now >= last + timeout_s:
                 return
@@ -221,11 +217,11 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
                 quiet = now - quiet_since
                 # silent since its handshake for half the interval at least: not a publisher that has only
                 # just bound and is about to send (replay --wait-subscriber), whose first messages would be lost
-                remake = conn is not None and (conn.failed is not None or (
+                remake = remake_at is None and (conn.failed is not None or (
                     conn.handshake_at is not None and now - max(last, conn.handshake_at) >= silence_s / 2))
-                if conn is None or conn.handshake_at is None:
+                if conn.handshake_at is None or remake_at is not None:
                     state = (f"the handshake failed ({conn.failed}: check --server-key and --client-key)"
-                             if conn is not None and conn.failed else "no publisher has answered there yet")
+                             if conn.failed else "no publisher has answered there yet")
                 else:
                     state = "connected, but nothing arrives"
                 if remake:
@@ -233,8 +229,8 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
                     log.warning("no message from %s for %s s (%s): %s; still waiting, connecting and "
                                 "subscribing again (reconnect %d)", endpoint, _seconds(quiet), what, state,
                                 tracker.reconnects)
-                    conn.close()
-                    conn = _Connection(ctx, endpoint, topics or [""], server_key, client_key)
+                    conn = _remake(conn, poller, ctx, endpoint, topics, server_key, client_key)
+                    remake_at = None
                 else:
                     log.warning("no message from %s for %s s (%s): %s; still waiting", endpoint, _seconds(quiet),
                                 what, state)
@@ -245,6 +241,18 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
             conn.close()
         if own:
             ctx.term()
+
+
+def _remake(conn: _Connection, poller: zmq.Poller, ctx: zmq.Context, endpoint: str, topics: list[str],
+            server_key, client_key) -> _Connection:
+    """A new connection, subscribed, in place of `conn` (closed), and polled instead of it."""
+    poller.unregister(conn.sock)
+    poller.unregister(conn.monitor)
+    conn.close()
+    conn = _Connection(ctx, endpoint, topics or [""], server_key, client_key)
+    poller.register(conn.sock, zmq.POLLIN)
+    poller.register(conn.monitor, zmq.POLLIN)
+    return conn
 
 
 def _seconds(x: float) -> str:
