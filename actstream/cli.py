@@ -368,7 +368,8 @@ def cmd_calibrate(args) -> int:
         print(f"{name} encoder INT8: {'passed' if e['passed'] else 'REFUSED as default'} ({e['reason']}); "
               f"{sp['fp32_ms_batch1']:.3f} -> {sp['int8_ms_batch1']:.3f} ms per input at batch 1 "
               f"(x{sp['speedup_batch1']:.2f}), x{sp['speedup_batch32']:.2f} at batch 32")
-    print(f"wrote {shown_path(record['folder'])}/int8.json and the INT8 encoders (*_encoder.int8.onnx, *_encoder.trt.cache)")
+    print(f"wrote {shown_path(record['folder'])}/int8.json and the INT8 encoders (*_encoder.int8.onnx, "
+          f"*_encoder.trt.cache)")
     return 0
 
 

@@ -140,7 +140,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     from actstream.stream.demo import MediaWriter
     from actstream.common.errors import SourceError
     from actstream.common.files import shown_path
-    from actstream.stream.sources import _open_container, video_orientation
+    from actstream.stream.orientation import video_orientation
+    from actstream.stream.sources import _open_container
 
     timed = sorted(messages, key=lambda m: m["t"])
     final = OverlayState()  # every topic the run published: the panel's height from the first frame on

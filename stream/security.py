@@ -131,8 +131,8 @@ def _keys_layout_intruder(folder: Path) -> str | None:
                 inside = _keys_layout_intruder_in_clients(Path(entry.path))
                 if inside is not None:
                     return f"{CLIENTS}/{inside}"
-            elif not (entry.is_file(follow_symlinks=False)
-                      and (entry.name in (f"{SERVER}.key", f"{SERVER}.key_secret") or entry.name.endswith(".key_secret"))):
+            elif not (entry.is_file(follow_symlinks=False) and (entry.name in (f"{SERVER}.key", f"{SERVER}.key_secret")
+                                                                  or entry.name.endswith(".key_secret"))):
                 return entry.name
     return None
 

@@ -71,7 +71,8 @@ def quadrants(img: np.ndarray) -> np.ndarray:
 CASES = {
     "rotate tag 90": (dict(rotate_tag="90"), lambda img: np.rot90(img, 1), "mkv"),
     "rotate tag 270": (dict(rotate_tag="270"), lambda img: np.rot90(img, -1), "mkv"),
-    "display matrix -90 (a phone held upright)": (dict(display=(-90, False, False)), lambda img: np.rot90(img, 1), "mp4"),
+    "display matrix -90 (a phone held upright)": (dict(display=(-90, False, False)), lambda img: np.rot90(img, 1),
+                                                  "mp4"),
     "display matrix 90": (dict(display=(90, False, False)), lambda img: np.rot90(img, -1), "mp4"),
     "display matrix 180": (dict(display=(180, False, False)), lambda img: np.rot90(img, 2), "mp4"),
     "display matrix hflip (a selfie)": (dict(display=(0, True, False)), lambda img: img[:, ::-1], "mp4"),
@@ -99,7 +100,7 @@ def test_a_rotation_that_is_no_quarter_turn_is_used_as_stored_with_a_warning(tmp
     import logging
 
     path = write_video(tmp_path / "odd.mkv", upright_frames(5), rotate_tag="45")
-    with caplog.at_level(logging.WARNING, logger="actstream.stream.sources"):
+    with caplog.at_level(logging.WARNING, logger="actstream.stream.orientation"):
         src = FileSource(path, use_audio=False)
     src.close()
     assert src.video.shape == (H, W, 3) and "rotate tag '45' is not a quarter turn" in caplog.text
