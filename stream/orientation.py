@@ -54,15 +54,22 @@ class Orientation:
 UPRIGHT = Orientation()
 
 
-def _from_display_matrix(m: np.ndarray) -> Orientation | None:
-    """FFmpeg's autorotation (fftools: get_rotation and the transpose/hflip/vflip it inserts) for a display
-    matrix (9 int32, 16.16 fixed point in a, b, c, d), or None for a rotation that is not a quarter turn."""
+def _clockwise_degrees(m: np.ndarray) -> float | None:
+    """The clockwise rotation [0, 360) a display matrix (9 int32, 16.16 fixed point in a, b, c, d) asks for,
+    as FFmpeg reckons it (fftools' get_rotation of av_display_rotation_get), or None for a degenerate one."""
     a, b, c, d = (float(v) / 65536.0 for v in (m[0], m[1], m[3], m[4]))
     s0, s1 = math.hypot(a, c), math.hypot(b, d)
     if s0 == 0 or s1 == 0:
+        return None
+    theta = float(round(math.degrees(math.atan2(b / s1, a / s0))))
+    return theta - 360 * math.floor(theta / 360 + 0.9 / 360)
+
+
+def _from_display_matrix(m: np.ndarray, theta: float | None) -> Orientation | None:
+    """FFmpeg's autorotation (the transpose/hflip/vflip fftools inserts) for a display matrix m asking for
+    `theta` degrees clockwise, or None for a rotation that is not a quarter turn."""
+    if theta is None:
         return UPRIGHT  # a degenerate matrix: FFmpeg applies nothing either
-    theta = float(round(math.degrees(math.atan2(b / s1, a / s0))))  # -av_display_rotation_get: clockwise
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     if abs(theta - 90) < 1:  # transpose "cclock_flip" (m[3] > 0) or "clock"
         return Orientation(1, flip_v=True) if m[3] > 0 else Orientation(3)
     if abs(theta - 180) < 1:
@@ -90,10 +97,11 @@ def declared_orientation(stream, first_frame) -> tuple[Orientation, str | None]:
         if sd is not None and len(bytes(sd)) == 36:
             matrix = np.frombuffer(bytes(sd), dtype="=i4")
     if matrix is not None:
-        got = _from_display_matrix(matrix)
+        theta = _clockwise_degrees(matrix)
+        got = _from_display_matrix(matrix, theta)
         if got is None:
-            return UPRIGHT, (f"its display matrix rotates by {first_frame.rotation} degrees, not a quarter turn, "
-                             f"so the frames are used as stored")
+            return UPRIGHT, (f"its display matrix rotates by {360 - theta:g} degrees counterclockwise, not a quarter "
+                             f"turn, so the frames are used as stored")
         return got, "its display matrix" if got != UPRIGHT else None
     tags = {str(k).lower(): v for k, v in (stream.metadata or {}).items()}
     if "rotate" not in tags:

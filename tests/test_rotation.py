@@ -99,11 +99,15 @@ def test_replay_turns_frames_upright_as_the_container_declares(tmp_path, case):
 def test_a_rotation_that_is_no_quarter_turn_is_used_as_stored_with_a_warning(tmp_path, caplog):
     import logging
 
-    path = write_video(tmp_path / "odd.mkv", upright_frames(5), rotate_tag="45")
+    tagged = write_video(tmp_path / "odd.mkv", upright_frames(5), rotate_tag="45")
+    matrix = write_video(tmp_path / "odd.mp4", upright_frames(5), display=(30, False, False))
     with caplog.at_level(logging.WARNING, logger="actstream.stream.orientation"):
-        src = FileSource(path, use_audio=False)
-    src.close()
-    assert src.video.shape == (H, W, 3) and "rotate tag '45' is not a quarter turn" in caplog.text
+        for path in (tagged, matrix):
+            src = FileSource(path, use_audio=False)
+            src.close()
+            assert src.video.shape == (H, W, 3)
+    assert "rotate tag '45' is not a quarter turn" in caplog.text
+    assert "display matrix rotates by 30 degrees counterclockwise, not a quarter turn" in caplog.text
 
 
 def test_annotated_video_shows_the_same_upright_frames(tmp_path):
