@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from actstream.common.errors import SourceError
+from actstream.common.files import shown_path
 from actstream.stream.frontend import audio_window
 from actstream.engines.features import preprocess_frame
 from actstream.engines.flow import small_gray
@@ -72,9 +73,9 @@ def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Reco
     mels, images, grays, gray_ts, frame_of = [], [], [], [], []
     try:
         if use_audio and src.audio is None:
-            raise SourceError(f"{path}: has no audio, but model {spec.name} needs audio")
+            raise SourceError(f"{shown_path(path)}: has no audio, but model {spec.name} needs audio")
         if use_video and src.video is None:
-            raise SourceError(f"{path}: has no video, but model {spec.name} needs video")
+            raise SourceError(f"{shown_path(path)}: has no video, but model {spec.name} needs video")
         previous = None
         for step in steps(src, spec.step_ms, max_steps * stride):
             if (step.k - 1) % stride:

@@ -116,13 +116,15 @@ def _folder_items(path: Path) -> list[Item]:
                 if f.suffix.lower() not in MEDIA:
                     continue
                 if len(items) >= MAX_ITEMS:
-                    raise ConfigError(f"{path}: more than {MAX_ITEMS} recordings: train on a smaller dataset")
+                    raise ConfigError(f"{shown_path(path)}: more than {MAX_ITEMS} recordings: train on a smaller "
+                                      f"dataset")
                 if len(sub.name) > MAX_LABEL:
-                    raise ConfigError(f"{sub}: a class folder name of {len(sub.name)} characters: expected at "
-                                      f"most {MAX_LABEL} (it becomes the class label)")
+                    raise ConfigError(f"{shown_path(sub)}: a class folder name of {len(sub.name)} characters: "
+                                      f"expected at most {MAX_LABEL} (it becomes the class label)")
                 items.append(Item(_media_file(f, str(sub)), sub.name, _group_of(f)))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be listed ({exc.strerror}: {exc.filename}): check its permissions") from exc
+        raise ConfigError(f"{shown_path(path)}: cannot be listed ({exc.strerror}: {exc.filename}): check its "
+                          f"permissions") from exc
     return items
 
 
@@ -135,11 +137,11 @@ def read_dataset(path: str | Path) -> list[Item]:
     elif path.is_dir():
         items = _folder_items(path)
     else:
-        raise ConfigError(f"{path}: not a dataset folder or manifest CSV: expected a folder with one subfolder "
-                          f"per class, or a CSV with columns path,label[,start,end][,group]")
+        raise ConfigError(f"{shown_path(path)}: not a dataset folder or manifest CSV: expected a folder with one "
+                          f"subfolder per class, or a CSV with columns path,label[,start,end][,group]")
     classes = sorted({i.label for i in items})
     if len(classes) < 2:
-        raise ConfigError(f"{path}: found {len(items)} recording(s) in {len(classes)} class(es): "
+        raise ConfigError(f"{shown_path(path)}: found {len(items)} recording(s) in {len(classes)} class(es): "
                           f"need at least two classes to learn to tell apart")
     return items
 
@@ -196,9 +198,9 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
                          use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
         try:
             if "audio" in spec.modalities and not src.has_audio_track:
-                raise SourceError(f"{item.path}: has no audio, but arch {spec.arch} needs audio")
+                raise SourceError(f"{shown_path(item.path)}: has no audio, but arch {spec.arch} needs audio")
             if "video" in spec.modalities and not src.has_video_track:
-                raise SourceError(f"{item.path}: has no video, but arch {spec.arch} needs video")
+                raise SourceError(f"{shown_path(item.path)}: has no video, but arch {spec.arch} needs video")
 
             def snaps():
                 for step in steps(src, spec.step_ms):
@@ -215,7 +217,8 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
         finally:
             src.close()
         if len(arrays) < len(spec.dims):
-            raise SourceError(f"{item.path}: gave no steps (shorter than {spec.step_ms} ms, or start/end outside it)")
+            raise SourceError(f"{shown_path(item.path)}: gave no steps (shorter than {spec.step_ms} ms, or start/end "
+                              f"outside it)")
         return arrays
 
     return _cached(key, spec, compute)
@@ -370,18 +373,19 @@ def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: st
     out_real = Path(out).resolve()
     data_path = Path(data)
     if out_real == data_path.resolve():
-        raise ConfigError(f"--out {out}: is the dataset folder {data}: write the model to a folder of its own")
+        raise ConfigError(f"--out {shown_path(out)}: is the dataset folder {shown_path(data)}: write the model to a "
+                          f"folder of its own")
     items = read_dataset(data)
     for folder in sorted({i.path.parent for i in items}):
         if out_real == folder.resolve():
             item = next(i for i in items if i.path.parent == folder)
-            raise ConfigError(f"--out {out}: holds the recording {item.path}: write the model to a folder of "
-                              f"its own, outside the dataset")
+            raise ConfigError(f"--out {shown_path(out)}: holds the recording {shown_path(item.path)}: write the model "
+                              f"to a folder of its own, outside the dataset")
     _probe_tracks(items, arch)
     base_spec = load_spec(base)
     if base_spec.folder is not None and out_real == base_spec.folder.resolve():
-        raise ConfigError(f"--out {out}: is the folder of --base {base}, whose audio CNN this model reuses: "
-                          f"write the new model to another folder")
+        raise ConfigError(f"--out {shown_path(out)}: is the folder of --base {shown_path(base)}, whose audio CNN this "
+                          f"model reuses: write the new model to another folder")
     return items, base_spec
 
 
