@@ -20,6 +20,21 @@ from actstream.stream.pipeline import RunOptions, run_pipeline
 log = logging.getLogger("actstream")
 
 
+def _run(cfg: Config, source, opts: RunOptions):
+    """run_pipeline with SIGINT and SIGTERM stopping the run cleanly (the last labels and an `end` status
+    published, --out flushed): only the CLI installs signal handlers."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run_pipeline(cfg, source, opts, stop)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def _print_summary(summary) -> None:
     stages = ", ".join(f"{k} {v:.3f}" for k, v in summary.stage_ms.items())
     print(f"actstream: {summary.steps} steps, {summary.media_s:.1f} s of media in {summary.elapsed_s:.2f} s "
@@ -106,7 +121,7 @@ def cmd_replay(args) -> int:
         source.close()
         raise
     messages: list | None = [] if (args.plot or args.annotate) else None
-    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
+    summary = _run(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
                         virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber,
                         lookahead=getattr(args, "lookahead", None), show=args.show, metrics_port=args.metrics_port,
                         collect=messages, listeners=_replay_progress(source.duration)))
@@ -182,7 +197,7 @@ def cmd_live(args) -> int:
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
                         live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
-    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, True,
+    summary = _run(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, True,
                                                    max_seconds=live.seconds, show=args.show,
                                                    metrics_port=args.metrics_port))
     _print_summary(summary)

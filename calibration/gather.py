@@ -61,7 +61,7 @@ def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Reco
     """Replay `path` at the model's step and keep the encoder inputs of every `stride`-th step (at most
     max_steps, 0 = all)."""
     from actstream.stream.sources import FileSource
-    from actstream.stream.core import Inputs, VideoState, flow_descriptors
+    from actstream.stream.encode import Inputs, VideoState, flow_descriptors
     from actstream.stream.steps import steps
 
     use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities

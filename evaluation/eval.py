@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from actstream.stream.config import PolicyConfig
-from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.policy import LabelPolicy
+from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import ArraySource
 from actstream.stream.steps import steps
 from actstream.common.errors import ConfigError

@@ -1,14 +1,15 @@
 """One run, built from (config, source, options): the model's engines, its recognizer and label policy, the
-publisher and its listeners (metrics, overlay window), the step loop; run until the end or a signal, then shut
-down in order. The CLI only parses arguments and calls `run_pipeline`.
+publisher and its listeners (metrics, overlay window), the scheduler with the run's one stream; run until the
+end or until stopped, then shut down in order. The CLI only parses arguments, installs the signal handlers and
+calls `run_pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from actstream.stream.config import Config
 from actstream.common.errors import PublishError
 
 if TYPE_CHECKING:  # numpy is first imported after the CLI has set its thread variables (cli.main)
-    from actstream.stream.loop import RunSummary
+    from actstream.stream.scheduler import RunSummary
     from actstream.stream.steps import Source
 
 log = logging.getLogger("actstream")
@@ -53,30 +54,48 @@ def inference_threads(cfg: Config, spec, batched: bool) -> int:
     return threads
 
 
-def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
-    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order."""
+def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False):
+    """The process's model: its spec, step, engines (loaded) and label policy over its recognizer, shared by
+    every stream the process runs. batched: fast replay's encoders run in batches (the worker threads need
+    the cores between runs: ONNX Runtime's idle threads do not spin); live: step by step, the small networks
+    run on one thread (each ONNX Runtime session has its own pool, and the audio CNN's and the LSTM's pools
+    spinning after their runs took the cores from the video CNN: bench live p99 of the default model on 2
+    cores 30-37 ms with 2 threads each, 14-20 ms so)."""
     from actstream.engines.bundle import load_spec, open_engines
 
-    from actstream.stream.core import LabelPolicy, recognizer_for
-    from actstream.stream.loop import StepLoop
-    from actstream.stream.publish import Publisher
+    from actstream.stream.policy import LabelPolicy
+    from actstream.stream.recognizer import recognizer_for
 
     spec = load_spec(cfg.model.path)
     step_ms = cfg.step.resolve(spec.step_ms, spec.name)
-    # fast replay of a causal model runs its encoders in batches (loop.StepLoop); its worker thread needs the
-    # cores between inference runs, so ONNX Runtime's idle threads do not spin there
-    batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
-               and not opts.show)
-    # step by step (live, paced replay), the small networks run on one thread: each ONNX Runtime session has
-    # its own pool, and the audio CNN's and the LSTM's pools spinning after their runs took the cores from the
-    # video CNN (bench live p99 of the default model on 2 cores: 30-37 ms with 2 threads each, 14-20 ms so)
     small = 1 if not batched and cfg.model.threads == 0 else 0
     engines = open_engines(spec, cfg.model.backend, inference_threads(cfg, spec, batched), cfg.model.precision,
                            spin=not batched, small_threads=small)
-    publisher = metrics = window = None
     try:
         engines.load()
-        policy = LabelPolicy(recognizer_for(spec, engines, step_ms, opts.lookahead), cfg.policy)
+        policy = LabelPolicy(recognizer_for(spec, engines, step_ms, lookahead), cfg.policy)
+    except Exception:
+        engines.close()
+        raise
+    return spec, step_ms, engines, policy
+
+
+def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.Event | None = None) -> RunSummary:
+    """Wire one source to the model and the publisher, run until the end or until `stop` is set (the CLI sets
+    it on SIGINT/SIGTERM), shut down in order. The run is the scheduler's with one stream, on the bare topics."""
+    from actstream.engines.bundle import load_spec
+
+    from actstream.stream.publish import Channel, Publisher
+    from actstream.stream.scheduler import Scheduler
+    from actstream.stream.streams import Stream
+
+    spec = load_spec(cfg.model.path)
+    # fast replay of a causal model runs its encoders in batches of steps, prepared on a reader thread
+    batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
+               and not opts.show)
+    spec, step_ms, engines, policy = open_model(cfg, opts.lookahead, batched)
+    publisher = metrics = window = None
+    try:
         publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
                               keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
         if opts.publish:
@@ -98,17 +117,17 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
             window = Window(f"actstream - {source.name}")
             publisher.listeners.append(window.state.update)
         source.start()
-        loop = StepLoop(source, policy, publisher, step_ms, opts.realtime, cfg.publish.status_every_ms / 1000.0,
-                        opts.max_seconds, opts.virtual_epoch, cfg.model.backend,
-                        batch_steps=cfg.replay.batch_steps if batched else 1)
+        scheduler = Scheduler(policy, publisher, step_ms, opts.realtime or source.live,
+                              cfg.publish.status_every_ms / 1000.0, opts.max_seconds, opts.virtual_epoch,
+                              cfg.model.backend, batch_steps=cfg.replay.batch_steps if batched else 1)
+        if stop is not None:
+            scheduler.stop_event = stop
+        stream = Stream(None, policy.recognizer.state, Channel(publisher), source, keep_frames=opts.show)
         if window is not None:
-            loop.on_step = window.on_step(loop.stop_event)
-        previous = {s: signal.signal(s, lambda *_: loop.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            return loop.run()
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            show = window.on_step(scheduler.stop_event)
+            scheduler.on_step = lambda _stream, snap: show(snap)
+        scheduler.add(stream)
+        return scheduler.run()[None]
     finally:
         source.close()
         if window is not None:

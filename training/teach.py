@@ -25,7 +25,7 @@ import torch
 
 from actstream.stream.csvfile import shown_path
 from actstream.common.errors import ConfigError, SourceError
-from actstream.stream.core import Prepare, StageTimes, VideoState, encode
+from actstream.stream.encode import Prepare, StageTimes, VideoState, encode
 from actstream.engines.features import VideoFeatures
 from actstream.engines.flow import GLOBALS, REVISION as FLOW_REVISION, FlowFeatures, flow_window
 from actstream.stream.sources import FileSource
