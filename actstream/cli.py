@@ -283,6 +283,74 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import signal
+    import threading
+
+    from actstream.stream.serve import Server, ServeOptions
+    from actstream.stream.streamsfile import check_unique, parse_stream_option, read_streams_file
+
+    cfg = _apply_common(load_config(args.config), args)
+    cfg = cfg.override("serve", control=args.control)
+    specs = read_streams_file(args.streams, cfg.serve.max_streams) if args.streams else []
+    specs = check_unique(specs + [parse_stream_option(v) for v in args.stream or []], "the streams given")
+    if len(specs) > cfg.serve.max_streams:
+        raise ConfigError(f"{len(specs)} streams given, more than serve.max_streams = {cfg.serve.max_streams}: "
+                          f"raise the limit in the config or split the streams over processes")
+    if args.seconds is not None and not (0 < args.seconds <= 1e9):
+        raise ConfigError(f"--seconds {args.seconds}: pass seconds above 0, or leave it out to run until stopped")
+    from actstream.engines.bundle import load_spec
+
+    spec = load_spec(cfg.model.path)
+    _check_run_outputs(cfg, spec, {"--out": args.out}, {"--config": args.config, "the streams file": args.streams,
+                                                        **{f"stream {s.id}": s.file for s in specs},
+                                                        **{f"stream {s.id} audio": s.audio for s in specs}})
+    control = None if cfg.serve.control == "none" else cfg.serve.control
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    try:
+        server = Server(cfg, ServeOptions(_endpoint(args.publish, cfg), args.out, args.seconds or 0.0, control), stop)
+        for s in specs:
+            server.add(s)
+        done = server.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.close()
+    steps = sum(r.steps for r in done.values())
+    print(f"actstream: served {len(done)} stream(s), {steps} steps", file=sys.stderr)
+    return 0
+
+
+def cmd_streams(args) -> int:
+    from actstream.stream.control import request
+    from actstream.stream.streamsfile import parse_stream_option
+
+    cfg = load_config(args.config)
+    endpoint = args.control or cfg.serve.control
+    if args.action == "add":
+        if not args.id_or_source:
+            raise ConfigError("streams add needs ID=SOURCE, e.g. door=http://10.0.0.7/cam.mjpg or lab=file:lab.mp4")
+        req = {"op": "add", "stream": parse_stream_option(args.id_or_source).to_dict()}
+    elif args.action == "remove":
+        if not args.id_or_source:
+            raise ConfigError("streams remove needs the stream's ID")
+        req = {"op": "remove", "id": args.id_or_source}
+    else:
+        req = {"op": "list"}
+    reply = request(endpoint, req, args.timeout, args.server_key, args.client_key)
+    if not reply.get("ok"):
+        raise ConfigError(f"{endpoint}: {reply.get('error', 'refused')}")
+    if args.action == "list":
+        for s in reply.get("streams", []):
+            print(json.dumps(s, separators=(",", ":"), ensure_ascii=False))
+    else:
+        print(f"{args.action} {reply.get('id')}: ok")
+    return 0
+
+
 def cmd_keys(args) -> int:
     from actstream.stream.security import make_keys
 
@@ -537,6 +605,29 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--server-key", dest="server_key", help="CURVE: the server's public key file (server.key)")
     ls.add_argument("--client-key", dest="client_key", help="CURVE: this client's key pair file (NAME.key_secret)")
     ls.set_defaults(fn=cmd_listen)
+
+    sv = sub.add_parser("serve", help="serve many streams (cameras, microphones, recordings) from one process and "
+                                      "one model, batched")
+    sv.add_argument("streams", nargs="?", help="a streams file (TOML, [[stream]] tables: id and camera/mic or "
+                                                "file/audio/loop)")
+    sv.add_argument("--stream", action="append", metavar="ID=SOURCE",
+                    help="a stream (repeatable): ID=URL or camera index, ID=FILE, or ID=key:value,... with keys "
+                         "camera, mic, file, audio and `loop`")
+    sv.add_argument("--seconds", type=float, help="stop after S seconds (default: until Ctrl-C or SIGTERM)")
+    sv.add_argument("--control", help="control endpoint (config serve.control; \"none\" for none)")
+    common(sv, "ZeroMQ PUB endpoint (default: config publish.endpoint)")
+    sv.set_defaults(fn=cmd_serve)
+
+    sm = sub.add_parser("streams", help="add, remove or list the streams of a running `actstream serve`")
+    sm.add_argument("action", choices=["add", "remove", "list"])
+    sm.add_argument("id_or_source", nargs="?", metavar="ID=SOURCE | ID", help="add: ID=SOURCE as serve --stream; "
+                                                                              "remove: ID")
+    sm.add_argument("--control", help="the serve process's control endpoint (config serve.control)")
+    sm.add_argument("--config", help="config file (TOML): its serve.control")
+    sm.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    sm.add_argument("--server-key", dest="server_key", help="CURVE: the server's public key file (server.key)")
+    sm.add_argument("--client-key", dest="client_key", help="CURVE: this client's key pair file (NAME.key_secret)")
+    sm.set_defaults(fn=cmd_streams)
 
     dv = sub.add_parser("devices", help="list cameras and microphones")
     dv.set_defaults(fn=cmd_devices)

@@ -54,13 +54,14 @@ def inference_threads(cfg: Config, spec, batched: bool) -> int:
     return threads
 
 
-def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False):
+def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False, spin: bool | None = None):
     """The process's model: its spec, step, engines (loaded) and label policy over its recognizer, shared by
     every stream the process runs. batched: fast replay's encoders run in batches (the worker threads need
     the cores between runs: ONNX Runtime's idle threads do not spin); live: step by step, the small networks
     run on one thread (each ONNX Runtime session has its own pool, and the audio CNN's and the LSTM's pools
     spinning after their runs took the cores from the video CNN: bench live p99 of the default model on 2
-    cores 30-37 ms with 2 threads each, 14-20 ms so)."""
+    cores 30-37 ms with 2 threads each, 14-20 ms so). spin: let idle ONNX Runtime threads spin-wait (default:
+    step by step only; a many-stream process passes False, its reader threads need the cores between runs)."""
     from actstream.engines.bundle import load_spec, open_engines
 
     from actstream.stream.policy import LabelPolicy
@@ -70,7 +71,7 @@ def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False)
     step_ms = cfg.step.resolve(spec.step_ms, spec.name)
     small = 1 if not batched and cfg.model.threads == 0 else 0
     engines = open_engines(spec, cfg.model.backend, inference_threads(cfg, spec, batched), cfg.model.precision,
-                           spin=not batched, small_threads=small)
+                           spin=not batched if spin is None else spin, small_threads=small)
     try:
         engines.load()
         policy = LabelPolicy(recognizer_for(spec, engines, step_ms, lookahead), cfg.policy)

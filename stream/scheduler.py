@@ -284,15 +284,17 @@ class Scheduler:
             self._step(ready)
             self.tick_stats.tick_ms.append((time.time() - release) * 1000.0)
             if self.process_status and self.tick % self.status_every == 0:
-                self._process_status("running")
+                self.publish_process_status("running")
 
     def _step(self, ready: list) -> None:
         """One tick's work: the recognizer over the ready streams, then each stream's labels and status."""
         if not ready:
             return
         self.tick_stats.ticks += 1
-        rows = self.tick_stats.rows
+        rows = self.tick_stats.rows  # the batch each network got: streams (LSTM rows), frames, audio windows
         rows.setdefault("streams", []).append(len(ready))
+        rows.setdefault("video", []).append(sum(len(i.images) for _, i, _ in ready if i.images is not None))
+        rows.setdefault("audio", []).append(sum(len(i.mels) for _, i, _ in ready if i.mels is not None))
         produced = self.policy.advance_many([(stream.state, inputs) for stream, inputs, _ in ready])
         t0 = time.perf_counter()
         for (stream, _, batch), labels_per_step in zip(ready, produced):
@@ -325,7 +327,7 @@ class Scheduler:
         wall = stream.wall if (self.realtime or state == "running") else self.virtual_epoch + stream.t
         stream.channel.publish("status", stream.t, wall, state, None, {}, state=state, **fields)
 
-    def _process_status(self, state: str) -> None:
+    def publish_process_status(self, state: str) -> None:
         """The process's own status (serve): its streams, its ticks, the batch sizes its engines got."""
         with self._lock:
             streams = {s.id: s.phase for s in self._active + self._joining + list(self._opening.values())}
