@@ -482,9 +482,10 @@ def cmd_record(args) -> int:
     from actstream.stream.record import record
 
     cfg = load_config(args.config)
-    path = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
-                  args.mic or cfg.live.mic)
-    print(path)
+    rec = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
+                 args.mic or cfg.live.mic, stall_s=cfg.live.stall_s)
+    print(f"actstream: {rec.summary()}", file=sys.stderr)
+    print(rec.path)
     return 0
 
 

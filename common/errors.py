@@ -19,3 +19,7 @@ class EngineError(ActstreamError):
 
 class PublishError(ActstreamError):
     """The label stream cannot be published or written."""
+
+
+class OutputError(ActstreamError):
+    """A written file (a recording, an annotated video) does not hold what went into it."""

@@ -8,6 +8,9 @@ interrupted: it is abandoned (its frames are ignored) and releases its handle wh
 MicCapture: a sounddevice InputStream whose callback copies into an AudioRing (no blocking, no allocation)
 and counts device overflows; a watchdog reopens the stream, with backoff, when callbacks stop arriving.
 
+Each also keeps what a recorder needs to stamp every frame and sample with its capture time: the camera hands
+every frame to an optional FrameQueue (`tap`), the microphone logs each block's arrival in a BlockLog.
+
 Both report `health()`: state ("ok", "stalled", "lost", "reconnecting", "stopped"), reconnects, stalls and
 the last problem, which the step loop puts into each status message.
 """
@@ -20,7 +23,7 @@ import time
 
 from actstream.stream.devices import redact, resolve_camera
 from actstream.common.errors import SourceError
-from actstream.stream.rings import AudioRing, FrameRing
+from actstream.stream.rings import AudioRing, BlockLog, FrameQueue, FrameRing
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class CameraCapture:
         self.stall_s = stall_s
         self.backoff = backoff or Backoff()
         self.ring: FrameRing | None = None
+        self.tap: FrameQueue | None = None  # set before start() by a reader that needs every frame (record)
         self.stop_event = threading.Event()
         self.state = "starting"
         self.reconnects = 0
@@ -110,6 +114,8 @@ class CameraCapture:
                     elif frame.shape != self.ring.shape:  # the camera changed resolution: keep the first size
                         frame = cv2.resize(frame, (self.ring.shape[1], self.ring.shape[0]))
                     self.ring.write(frame, wall - self.start_wall, wall)
+                    if self.tap is not None:
+                        self.tap.put(frame, wall)
                     self._gen_frames += 1
                     self._progress = time.monotonic()
                 self._first.set()
@@ -214,6 +220,9 @@ class MicCapture:
         self.sample_rate = sample_rate
         self.ring = AudioRing(int(ring_s * sample_rate))
         self.block = int(sample_rate * block_ms / 1000)
+        # when each block arrived, for a reader that stamps every sample with its capture time (record)
+        self.blocks = BlockLog(max(16, int(ring_s * 1000 / block_ms)))
+        self._new_stream = True  # the next block starts a stream: samples before it are not contiguous with it
         self.stall_s = stall_s
         self.backoff = backoff or Backoff()
         self.state = "starting"
@@ -226,9 +235,12 @@ class MicCapture:
         self._sd = None
 
     def _callback(self, indata, frames, time_info, status) -> None:
+        wall = time.time()
         if status.input_overflow:
             self.ring.overruns += 1
-        self.ring.write(indata[:, 0], time.time())
+        self.ring.write(indata[:, 0], wall)
+        self.blocks.write(self.ring.written, wall, self._new_stream or bool(status.input_overflow))
+        self._new_stream = False
         self._last_cb = time.monotonic()
 
     def _open(self) -> None:
@@ -237,6 +249,7 @@ class MicCapture:
             stream = sd.InputStream(device=self.device, channels=1, samplerate=self.sample_rate,
                                     blocksize=self.block, dtype="float32", callback=self._callback)
             self._opened_at = self._last_cb = time.monotonic()
+            self._new_stream = True
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             raise SourceError(f"microphone {self.name!r} cannot be opened at {self.sample_rate} Hz mono "

@@ -131,15 +131,16 @@ class Window:
 def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> int:
     """Write `video` again with the overlay of the labels in force at each frame, and its audio (mixed to mono).
 
-    Every input frame is kept (same count and rate); the overlay panel widens the picture. Frames and audio
-    are decoded, drawn and encoded one at a time (stream/demo.MediaWriter): memory does not grow with the
-    video's length. Returns the number of frames written.
+    Every input frame is kept at its own time (a camera's uneven rate and a late microphone stay as they
+    were), and the audio at its own; the overlay panel widens the picture. Frames and audio are decoded,
+    drawn and encoded one at a time (stream/mediafile.MediaWriter, which checks the written file against what
+    went in): memory does not grow with the video's length. Returns the number of frames written.
     """
     import av
 
-    from actstream.stream.demo import MediaWriter
     from actstream.common.errors import SourceError
-    from actstream.stream.sources import _open_container
+    from actstream.stream.mediafile import MediaWriter
+    from actstream.stream.sources import _open_container, _start_time
 
     timed = sorted(messages, key=lambda m: m["t"])
     final = OverlayState()  # every topic the run published: the panel's height from the first frame on
@@ -151,15 +152,19 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
             raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
         vstream = container.streams.video[0]
         astream = container.streams.audio[0] if container.streams.audio else None
-        fps = int(round(float(vstream.average_rate or 25)))
-        t0 = float(vstream.start_time * vstream.time_base) if vstream.start_time is not None else 0.0
+        fps = float(vstream.average_rate or 25)
+        t0 = _start_time(container)  # the file's zero: the tracks keep their offsets to each other
+        tb = vstream.time_base
+        zero = int(round(t0 / tb))
         if not (vstream.codec_context.width and vstream.codec_context.height):
             raise SourceError(f"{video}: its video track declares no frame size: cannot annotate it")
         w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
         state, k = OverlayState(), 0
+        last = end = None  # the last frame's pts in the output, and where it ends
         streams = [vstream] + ([astream] if astream is not None else [])
-        with MediaWriter(out_path, size, fps, astream.rate if astream is not None else None) as writer:
+        writer = MediaWriter(out_path, size, fps, astream.rate if astream is not None else None, time_base=tb)
+        with writer:
             for packet in container.demux(*streams):
                 try:
                     frames = packet.decode()
@@ -168,7 +173,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                     continue
                 for frame in frames:
                     if packet.stream is astream:
-                        writer.audio_frame(frame)
+                        writer.audio_frame(frame, None if frame.time is None else frame.time - t0)
                         continue
                     t = (frame.time or 0.0) - t0
                     while k < len(timed) and timed[k]["t"] <= t + 1e-6:
@@ -179,7 +184,14 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                         img = img[:size[1], :size[0]]  # even sizes for yuv420p
                     else:  # a frame smaller than the track's declared size
                         img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-                    writer.frame(img)
+                    pts = None if frame.pts is None else frame.pts - zero
+                    if pts is None or (last is not None and pts <= last):
+                        pts = None if last is None else last + max(1, round(1 / (fps * tb)))
+                    writer.frame(img, pts)
+                    last = pts if pts is not None else 0
+                    end = last + (frame.duration or max(1, round(1 / (fps * tb))))
+            writer.close(end)
+        log.info("annotated %s: %s", out_path, writer.span.describe())
         return writer.frames
     finally:
         container.close()

@@ -1,12 +1,15 @@
-"""Ring buffers between capture threads and the step loop.
+"""Ring buffers between capture threads and their readers.
 
-Both are preallocated and never grow: a writer overwrites the oldest entry and counts what it dropped.
-One writer thread and one reader thread; a lock guards the indices, never a blocking wait.
+FrameRing and AudioRing (the step loop's: the newest frame, the last seconds of audio) are preallocated and
+never grow: a writer overwrites the oldest entry and counts what it dropped. FrameQueue (every frame, for
+`record`) and BlockLog (when each audio block arrived) are bounded the same way. One writer thread and one
+reader thread; a lock guards the indices, and the writer never waits.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import numpy as np
 
@@ -142,3 +145,83 @@ class AudioRing:
                     dst[k:] = self._buf[:b] if b else self._buf[:0]
             self._read_upto = max(self._read_upto, hi)
         return out
+
+
+class FrameQueue:
+    """Every frame a camera delivers, with its capture wall time (Unix s), for a reader that must see each one
+    (`actstream record`), where the FrameRing keeps only the newest. Bounded by bytes, so its length in frames
+    is fixed by the first frame's size; `put` never blocks the camera: a frame that finds the queue full is
+    dropped and counted (a reader that falls that far behind is an error for it to report)."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self.capacity = 0  # frames; set by the first put
+        self.delivered = 0  # frames put, kept or not
+        self.dropped = 0
+        self._items: deque = deque()
+        self._ready = threading.Condition()
+
+    def put(self, frame: np.ndarray, wall: float) -> None:
+        """Keep `frame` (not copied: the camera hands over a fresh array each time) and its capture time."""
+        with self._ready:
+            if not self.capacity:
+                self.capacity = max(2, self.max_bytes // max(1, frame.nbytes))
+            self.delivered += 1
+            if len(self._items) >= self.capacity:
+                self.dropped += 1
+                return
+            self._items.append((frame, wall))
+            self._ready.notify()
+
+    def get_all(self, timeout_s: float = 0.0) -> list[tuple[np.ndarray, float]]:
+        """Every frame waiting, oldest first, after waiting up to timeout_s for one if none is."""
+        with self._ready:
+            if not self._items and timeout_s > 0:
+                self._ready.wait(timeout_s)
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+
+class BlockLog:
+    """When each audio block was delivered: its end (absolute sample index, as in AudioRing), the wall time of
+    its callback (Unix s), and whether samples are missing before it (the device reported an overflow, or the
+    stream was reopened). Preallocated; `write` never blocks or allocates (safe in an audio callback); the
+    oldest unread entries are overwritten and counted when the reader falls `capacity` blocks behind."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._end = np.zeros(capacity, dtype=np.int64)
+        self._wall = np.zeros(capacity)
+        self._broken = np.zeros(capacity, dtype=bool)
+        self._written = 0  # entries ever written
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    def write(self, end: int, wall: float, broken: bool) -> None:
+        with self._lock:
+            i = self._written % self.capacity
+            self._end[i], self._wall[i], self._broken[i] = end, wall, broken
+            self._written += 1
+
+    def read_since(self, seen: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """Entries written after the first `seen`: (entries now written, ends, walls, broken), oldest first.
+        Entries already overwritten are skipped and counted in `dropped`; the first one kept is then marked
+        broken, since the blocks between are unknown."""
+        with self._lock:
+            lost = max(0, self._written - self.capacity - seen)
+            first = seen + lost
+            idx = np.arange(first, self._written) % self.capacity
+            ends, walls, broken = self._end[idx], self._wall[idx], self._broken[idx].copy()
+            written = self._written
+        if lost:
+            self.dropped += lost
+            if len(broken):
+                broken[0] = True
+        return written, ends, walls, broken
