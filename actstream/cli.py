@@ -22,10 +22,17 @@ log = logging.getLogger("actstream")
 
 def _run(cfg: Config, source, opts: RunOptions):
     """run_pipeline with SIGINT and SIGTERM stopping the run cleanly (the last labels and an `end` status
-    published, --out flushed): only the CLI installs signal handlers."""
+    published, --out flushed): only the CLI installs signal handlers. --show adds the overlay window."""
+    import dataclasses
     import signal
     import threading
 
+    window = None
+    if opts.show:  # the overlay window (views/overlay.py): fed every message, drawn at every step
+        from actstream.views.overlay import Window
+
+        window = Window(f"actstream - {source.name}")
+        opts = dataclasses.replace(opts, listeners=(*opts.listeners, window.state.update), on_step=window.on_step)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -33,6 +40,8 @@ def _run(cfg: Config, source, opts: RunOptions):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if window is not None:
+            window.close()
 
 
 def _print_summary(summary) -> None:
@@ -62,7 +71,7 @@ ANNOTATE_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
 def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
     """Before any work: no output on an input (the media, --config, the model folder's files, the keys folder)
     or on another output, and every output writable (stream/outputs.py)."""
-    from actstream.stream.outputs import check_outputs, folder_inputs
+    from actstream.views.outputs import check_outputs, folder_inputs
 
     keys = cfg.publish.keys or None
     check_outputs(outputs, {**inputs, "a file of the model folder": folder_inputs(spec.folder),
@@ -103,7 +112,7 @@ def cmd_replay(args) -> int:
                           f"end the name with {', '.join(ANNOTATE_SUFFIXES)}")
     truth = None
     if args.truth:
-        from actstream.stream.plot import read_truth
+        from actstream.views.plot import read_truth
 
         truth = read_truth(args.truth)  # all of it checked now, not after the run
     audio = spec.audio
@@ -127,11 +136,11 @@ def cmd_replay(args) -> int:
                         collect=messages, listeners=_replay_progress(source.duration)))
     _print_summary(summary)
     if args.plot:
-        from actstream.stream.plot import plot_messages
+        from actstream.views.plot import plot_messages
 
         _written("--plot", args.plot, lambda: plot_messages(messages, args.plot, truth))
     if args.annotate:
-        from actstream.stream.overlay import annotate
+        from actstream.views.overlay import annotate
 
         _written("--annotate", args.annotate, lambda: annotate(args.path, messages, args.annotate))
     if getattr(args, "stats", None):
@@ -360,9 +369,9 @@ def cmd_keys(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from actstream.stream.demo import make_demo_sample
+    from actstream.views.demo import make_demo_sample
 
-    from actstream.stream.outputs import check_output_folder, check_outputs
+    from actstream.views.outputs import check_output_folder, check_outputs
 
     out_dir = Path(args.dir)
     check_output_folder("--dir", out_dir)
@@ -458,7 +467,7 @@ def cmd_train(args) -> int:
     if args.recipe == "default":
         from actstream.training.train import train_default
 
-        from actstream.stream.outputs import check_output_folder
+        from actstream.views.outputs import check_output_folder
 
         if not Path(args.data, "manifests").is_dir():
             raise ConfigError(f"{args.data}: has no manifests/ folder: --recipe default trains from the shared "
@@ -479,7 +488,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from actstream.stream.record import record
+    from actstream.views.record import record
 
     cfg = load_config(args.config)
     rec = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
@@ -492,7 +501,7 @@ def cmd_record(args) -> int:
 def cmd_eval(args) -> int:
     from actstream.engines.bundle import load_spec
     from actstream.evaluation.eval import evaluate_shared
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     cfg = load_config(args.config)
     spec = load_spec(args.model)

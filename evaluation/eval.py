@@ -93,7 +93,7 @@ MANIFESTS = ("librispeech_test_other", "fsdd", "dcase2016_task2")
 
 def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: float) -> None:
     """What eval can know is wrong before it loads a clip: the counts, the data folder, the output folder."""
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     if not 1 <= timelines <= MAX_TIMELINES:
         raise ConfigError(f"--timelines {timelines} out of range: expected 1 to {MAX_TIMELINES}")

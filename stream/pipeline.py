@@ -28,8 +28,10 @@ class RunOptions:
     """publish: endpoint or None; out: a JSONL file of every message; realtime: pace on the wall clock;
     max_seconds: stop after this much stream time (0: the end); virtual_epoch: Unix time of t = 0 on the
     virtual clock; wait_subscriber_s: hold the start until a subscriber is there; lookahead: a BiLSTM's
-    look-ahead steps (None: the model's); show: an overlay window; metrics_port: a Prometheus endpoint;
-    collect: a list that receives every message; listeners: more callables that receive every message."""
+    look-ahead steps (None: the model's); show: steps keep their frames for an overlay window (which the
+    caller makes: listeners and on_step); metrics_port: a Prometheus endpoint; collect: a list that receives
+    every message; listeners: more callables that receive every message; on_step: callable(stop_event) ->
+    callable(Snapshot), called after each step's labels are published (the overlay window draws the frame)."""
 
     publish: str | None
     out: str | None
@@ -42,6 +44,7 @@ class RunOptions:
     metrics_port: int | None = None
     collect: list | None = None
     listeners: tuple = ()
+    on_step: object = None
 
 
 def inference_threads(cfg: Config, spec, batched: bool) -> int:
@@ -95,7 +98,7 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
     batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
                and not opts.show)
     spec, step_ms, engines, policy = open_model(cfg, opts.lookahead, batched)
-    publisher = metrics = window = None
+    publisher = metrics = None
     try:
         publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
                               keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
@@ -112,11 +115,6 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
             metrics = Metrics(opts.metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
             publisher.listeners.append(metrics.listener(wall_clock=opts.realtime or source.live))
             log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
-        if opts.show:
-            from actstream.stream.overlay import Window
-
-            window = Window(f"actstream - {source.name}")
-            publisher.listeners.append(window.state.update)
         source.start()
         scheduler = Scheduler(policy, publisher, step_ms, opts.realtime or source.live,
                               cfg.publish.status_every_ms / 1000.0, opts.max_seconds, opts.virtual_epoch,
@@ -124,15 +122,13 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
         if stop is not None:
             scheduler.stop_event = stop
         stream = Stream(None, policy.recognizer.state, Channel(publisher), source, keep_frames=opts.show)
-        if window is not None:
-            show = window.on_step(scheduler.stop_event)
-            scheduler.on_step = lambda _stream, snap: show(snap)
+        if opts.on_step is not None:
+            draw = opts.on_step(scheduler.stop_event)
+            scheduler.on_step = lambda _stream, snap: draw(snap)
         scheduler.add(stream)
         return scheduler.run()[None]
     finally:
         source.close()
-        if window is not None:
-            window.close()
         if metrics is not None:
             metrics.close()
         if publisher is not None:

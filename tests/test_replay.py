@@ -109,7 +109,7 @@ def test_speech_labels_follow_real_speech(tmp_path):
     """A real LibriSpeech test-other utterance (held out) after 3 s of silence: speech comes on with it."""
     wav = need_shared("audio", "librispeech_test_other", "speech", "1688-142285-0000.wav")
     from actstream.stream.sources import load_audio
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
 
     speech = load_audio(wav)
     x = np.concatenate([np.zeros(48000, np.float32), speech, np.zeros(48000, np.float32)])

@@ -120,7 +120,7 @@ class Sub:
 @pytest.fixture(scope="module")
 def av(tmp_path_factory) -> dict[str, Path]:
     """Recordings for the served streams: 3 s of picture and sound, and a copy cut short of its end."""
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
 
     d = tmp_path_factory.mktemp("serve_media")
     full = write_media(d / "a.mp4", moving_frames(75), tone_and_noise(3.0, 16000, 1), 16000)

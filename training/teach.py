@@ -324,7 +324,7 @@ SPEEDS = (0.9, 1.1)  # the range of playback speeds a piece of a video recording
 def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):
     """Everything `train` can know is wrong before it trains: the arguments, the output folder, the whole
     dataset. Returns (items, base model spec)."""
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     if arch not in ARCHS:
         raise ConfigError(f"--arch {arch!r} unknown: expected one of {', '.join(ARCHS)}")

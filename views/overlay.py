@@ -139,7 +139,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     import av
 
     from actstream.common.errors import SourceError
-    from actstream.stream.mediafile import MediaWriter
+    from actstream.views.mediafile import MediaWriter
     from actstream.stream.sources import _open_container, _start_time
 
     timed = sorted(messages, key=lambda m: m["t"])
