@@ -441,11 +441,34 @@ def cmd_build(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.streams:
+        return _bench_streams(args)
     from actstream.bench.run import run_bench
 
     report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
                        work=args.dir, seconds=args.seconds)
     print(report["table"])
+    return 0
+
+
+def _bench_streams(args) -> int:
+    import tempfile
+
+    from actstream.bench.streams import run_streams_bench, table
+
+    try:
+        counts = [int(x) for x in args.counts.split(",")] if args.counts else None
+    except ValueError as exc:
+        raise ConfigError(f"--counts {args.counts!r}: expected stream counts like 1,4,8,16") from exc
+    if counts is not None and not all(1 <= c <= 256 for c in counts):
+        raise ConfigError(f"--counts {args.counts!r}: each count from 1 to 256")
+    seconds = args.seconds or 60.0
+    with tempfile.TemporaryDirectory(prefix="actstream-bench-") as tmp:
+        work = Path(args.dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = run_streams_bench(work, counts=counts, seconds=seconds, json_out=args.json, png_out=args.png,
+                                   progress=_progress())
+    print(table(result))
     return 0
 
 
@@ -709,7 +732,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: the GPU path (PyTorch CUDA FP16, CUDA graphs) instead of ONNX Runtime on the CPU")
     be.add_argument("--dir", help="working folder for the generated media and models (default: a temporary one)")
-    be.add_argument("--seconds", type=float, help="length of the generated video (default 60, quick 4)")
+    be.add_argument("--seconds", type=float, help="length of the generated video (default 60, quick 4); with "
+                                                  "--streams, seconds measured per point (default 60)")
+    be.add_argument("--streams", action="store_true", help="how many paced A/V streams one `serve` process holds "
+                                                          "against one `replay --realtime` process per stream")
+    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32)")
+    be.add_argument("--png", help="--streams: draw the curve (p99 and CPU against streams) to this PNG")
     be.set_defaults(fn=cmd_bench)
 
     tr = sub.add_parser("train", help="train a model from a dataset folder or manifest (or the default model)")
