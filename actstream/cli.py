@@ -15,6 +15,7 @@ from pathlib import Path
 
 from actstream.stream.config import Config, load_config
 from actstream.common.errors import ActstreamError, ConfigError, PublishError, SourceError
+from actstream.common.files import escaped, shown_path
 from actstream.stream.pipeline import RunOptions, run_pipeline
 
 log = logging.getLogger("actstream")
@@ -105,11 +106,11 @@ def cmd_replay(args) -> int:
                         "--config": args.config})
     _check_metrics_port(args.metrics_port)
     if args.plot and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
-        raise ConfigError(f"--plot {args.plot}: unknown picture format {Path(args.plot).suffix!r}: "
+        raise ConfigError(f"--plot {shown_path(args.plot)}: unknown picture format {Path(args.plot).suffix!r}: "
                           f"end the name with {', '.join(PLOT_SUFFIXES)}")
     if args.annotate and Path(args.annotate).suffix.lower() not in ANNOTATE_SUFFIXES:
-        raise ConfigError(f"--annotate {args.annotate}: unknown video format {Path(args.annotate).suffix!r}: "
-                          f"end the name with {', '.join(ANNOTATE_SUFFIXES)}")
+        raise ConfigError(f"--annotate {shown_path(args.annotate)}: unknown video format "
+                          f"{Path(args.annotate).suffix!r}: end the name with {', '.join(ANNOTATE_SUFFIXES)}")
     truth = None
     if args.truth:
         from actstream.views.plot import read_truth
@@ -124,7 +125,7 @@ def cmd_replay(args) -> int:
     try:
         _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
         if args.annotate and not source.has_video_track:
-            raise SourceError(f"{args.path}: has no video track to annotate: use --plot OUT.png for "
+            raise SourceError(f"{shown_path(args.path)}: has no video track to annotate: use --plot OUT.png for "
                               f"audio-only recordings")
     except ActstreamError:
         source.close()
@@ -155,8 +156,8 @@ def _written(flag: str, path: str, write) -> None:
     try:
         write()
     except (OSError, av.error.FFmpegError) as exc:
-        raise PublishError(f"writing {flag} {path} failed ({getattr(exc, 'strerror', None) or exc}): free some "
-                           f"space or choose another path") from exc
+        raise PublishError(f"writing {flag} {shown_path(path)} failed ({getattr(exc, 'strerror', None) or exc}): free "
+                           f"some space or choose another path") from exc
 
 
 def _write_stats(path: str, summary) -> None:
@@ -233,6 +234,25 @@ def _format_text(msg: dict) -> str:
     return f"{t}s  {str(msg.get('topic')):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
 
 
+def _json_printable(text: str) -> str:
+    """JSON text with every character that is not printable written as a JSON escape: json.dumps escapes the
+    C0 controls but leaves DEL, the C1 controls (0x9b is a terminal's CSI), bidi overrides and lone
+    surrogates raw. The value read back is the same."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch.isprintable():
+            out.append(ch)
+        elif code > 0xFFFF:  # a surrogate pair
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
 def cmd_listen(args) -> int:
     import math
 
@@ -247,16 +267,20 @@ def cmd_listen(args) -> int:
         raise ConfigError(f"--count {args.count}: cannot be negative: pass 0 for no limit")
     tracker = SeqTracker()
     n = 0
+    ended = False
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
                              server_key=args.server_key, client_key=args.client_key, tracker=tracker):
-            line = (json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-                    if args.format == "json" else _format_text(msg))
+            # a publisher's strings reach a terminal: no control character, escape sequence or forged line
+            line = (_json_printable(json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+                    if args.format == "json" else escaped(_format_text(msg)))
             print(line, flush=True)
             n += 1
             if args.count and n >= args.count:
+                ended = True
                 break
             if args.until_end and msg.get("topic") == "status" and msg.get("state") == "end":
+                ended = True
                 break
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot subscribe to {args.endpoint}: {exc.strerror}: expected an endpoint like "
@@ -266,7 +290,16 @@ def cmd_listen(args) -> int:
     finally:
         if tracker.bad:
             log.warning("skipped %d bad message(s) (not [topic, JSON object]); printed %d", tracker.bad, n)
-    return 0
+    if ended or (n and not args.count and not args.until_end):
+        return 0  # the goal reached, or a timeout after messages that set no goal: how such a listen ends
+    # --timeout passed without what was asked for: a health check must be able to fail (exit 1: unhealthy)
+    topics = (f"topic{'s' if len(args.topic) > 1 else ''} {', '.join(args.topic)}" if args.topic else "all topics")
+    goal = (f"{n} of the {args.count} message(s) asked for" if args.count and n
+            else f"no end of stream after {n} message(s)" if args.until_end and n else "no message")
+    again = f", {tracker.reconnects} reconnect(s)" if tracker.reconnects else ""
+    print(escaped(f"actstream: error: {goal} from {args.endpoint} within {args.timeout:g} s ({topics}{again}): "
+                  f"is a publisher running there?"), file=sys.stderr)
+    return 1
 
 
 def cmd_devices(args) -> int:
@@ -282,13 +315,13 @@ def cmd_devices(args) -> int:
         if not mics:
             print("  none found")
     for d in mics:
-        print(f"  {d.index}: {d.name} ({d.detail})")
+        print(escaped(f"  {d.index}: {d.name} ({d.detail})"))  # names come from drivers and sound servers
     print("cameras (OpenCV): --camera INDEX, a part of the name, /dev/videoN or a URL")
     cams = list_cameras()
     if not cams:
         print("  none found; a URL (rtsp://, http://...) works with --camera too")
     for d in cams:
-        print(f"  {d.index}: {d.name or '(no name)'} ({d.detail})")
+        print(escaped(f"  {d.index}: {d.name or '(no name)'} ({d.detail})"))
     return 0
 
 
@@ -364,7 +397,7 @@ def cmd_keys(args) -> int:
     from actstream.stream.security import make_keys
 
     for path in make_keys(Path(args.dir), args.client or [], replace=args.replace):
-        print(path)
+        print(shown_path(path))
     return 0
 
 
@@ -381,7 +414,7 @@ def cmd_demo(args) -> int:
     sample = make_demo_sample(out_dir / "demo.mp4")
     endpoint = args.publish
     pace = "" if args.fast else " in real time"
-    print(f"demo: made {sample} (synthesized speech, knocks and generated frames); replaying it{pace}, "
+    print(f"demo: made {shown_path(sample)} (synthesized speech, knocks and generated frames); replaying it{pace}, "
           f"publishing on {endpoint}; a subscriber process prints what it receives:", flush=True)
     listener = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", "text",
                                  "--until-end", "--timeout", "30"])
@@ -427,7 +460,8 @@ def cmd_calibrate(args) -> int:
         print(f"{name} encoder INT8: {'passed' if e['passed'] else 'REFUSED as default'} ({e['reason']}); "
               f"{sp['fp32_ms_batch1']:.3f} -> {sp['int8_ms_batch1']:.3f} ms per input at batch 1 "
               f"(x{sp['speedup_batch1']:.2f}), x{sp['speedup_batch32']:.2f} at batch 32")
-    print(f"wrote {record['folder']}/int8.json and the INT8 encoders (*_encoder.int8.onnx, *_encoder.trt.cache)")
+    print(f"wrote {shown_path(record['folder'])}/int8.json and the INT8 encoders (*_encoder.int8.onnx, "
+          f"*_encoder.trt.cache)")
     return 0
 
 
@@ -436,7 +470,7 @@ def cmd_build(args) -> int:
 
     cfg = _apply_common(load_config(args.config), args)
     for path in build_all(cfg.model.path, "int8" if cfg.model.precision == "int8" else "fp16", progress=_progress()):
-        print(f"engine: {path}")
+        print(f"engine: {shown_path(path)}")
     return 0
 
 
@@ -493,8 +527,8 @@ def cmd_train(args) -> int:
         from actstream.views.outputs import check_output_folder
 
         if not Path(args.data, "manifests").is_dir():
-            raise ConfigError(f"{args.data}: has no manifests/ folder: --recipe default trains from the shared "
-                              f"data folder (../shared/data)")
+            raise ConfigError(f"{shown_path(args.data)}: has no manifests/ folder: --recipe default trains from the "
+                              f"shared data folder (../shared/data)")
         check_output_folder("--out", args.out or "engines/weights/default")
         card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
                              quick=args.quick, progress=_progress())
@@ -517,7 +551,7 @@ def cmd_record(args) -> int:
     rec = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
                  args.mic or cfg.live.mic, stall_s=cfg.live.stall_s)
     print(f"actstream: {rec.summary()}", file=sys.stderr)
-    print(rec.path)
+    print(shown_path(rec.path))
     return 0
 
 
@@ -554,11 +588,13 @@ def cmd_eval_teaching(args) -> int:
 
     seeds = _seeds(args.seeds)
     if not Path(args.data, "manifests", "weizmann.csv").is_file():
-        raise ConfigError(f"{args.data}: lacks manifests/weizmann.csv: pass the shared data folder (../shared/data)")
+        raise ConfigError(f"{shown_path(args.data)}: lacks manifests/weizmann.csv: pass the shared data folder "
+                          f"(../shared/data)")
     report_path = Path(args.report)
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     if not isinstance(report, dict):
-        raise ConfigError(f"--report {report_path}: is not a JSON object: name an eval report or a new file")
+        raise ConfigError(f"--report {shown_path(report_path)}: is not a JSON object: name an eval report or a new "
+                          f"file")
     report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto) taught on some people of "
                                       "../shared/data, judged on others by the majority of steps after 1 s",
                           "seeds": seeds, **teaching_protocol(Path(args.data), seeds, epochs=args.epochs,
@@ -577,6 +613,14 @@ def _seeds(text: str) -> list[int]:
     if not 1 <= len(seeds) <= 10 or min(seeds) < 0:
         raise ConfigError(f"--seeds {text!r}: expected 1 to 10 seeds from 0, e.g. 0,1,2")
     return seeds
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Each log record on one line, with what a file name or a peer put in it escaped (common.files.escaped):
+    a newline or an escape sequence in a message never forges a line or reaches the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escaped(super().format(record))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -772,18 +816,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ENGINE_COMMANDS = frozenset({"replay", "live", "demo", "eval", "eval-teaching", "calibrate", "build", "bench",
+                             "train"})
+
+
+def _quiet_libraries(verbose: bool, cmd: str) -> None:
+    """OpenCV, the FFmpeg inside it and ONNX Runtime write their own lines to stderr (a missing camera gave four
+    of OpenCV's before the product's one line). The product says what matters in its own words; -v lets the
+    libraries' warnings through. Set here, in the CLI, before any of them is imported: the library itself
+    configures no logging. A user's own OPENCV_LOG_LEVEL or OPENCV_FFMPEG_LOGLEVEL is kept."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "WARNING" if verbose else "SILENT")  # read at OpenCV's first log
+    if not verbose:  # OpenCV's FFmpeg: AV_LOG_QUIET (set, it also routes FFmpeg's lines through OpenCV)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if cmd in ENGINE_COMMANDS:  # ONNX Runtime's process-wide logger (sessions set their own level)
+        try:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(2 if verbose else 3)  # 2 WARNING, 3 ERROR
+        except ImportError:  # pragma: no cover - a dependency of the package
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     # One BLAS thread: the front end's small matrix products only lose to thread spin-up, and the inference
     # backends have their own pools; set before numpy is first imported (no module here imports it at the top).
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="actstream: %(levelname)s: %(message)s")
+    _quiet_libraries(args.verbose, args.cmd)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter("actstream: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         return args.fn(args)
     except ActstreamError as exc:
-        print(f"actstream: error: {exc}", file=sys.stderr)
+        print(f"actstream: error: {escaped(str(exc))}", file=sys.stderr)  # one line, whatever a name held
         return 2
     except KeyboardInterrupt:
         return 130

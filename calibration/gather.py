@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from actstream.common.errors import SourceError
+from actstream.common.files import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ def replay_inputs(path: Path, spec, max_steps: int = 0) -> Recording:
     image = np.zeros((3, spec.video.size, spec.video.size), np.float32) if use_video else None
     try:
         if use_audio and src.audio is None:
-            raise SourceError(f"{path}: has no audio, but model {spec.name} needs audio")
+            raise SourceError(f"{shown_path(path)}: has no audio, but model {spec.name} needs audio")
         if use_video and src.video is None:
-            raise SourceError(f"{path}: has no video, but model {spec.name} needs video")
+            raise SourceError(f"{shown_path(path)}: has no video, but model {spec.name} needs video")
         for step in steps(src, spec.step_ms, max_steps):
             rec.ts.append(step.t)
             inputs = prepare([step.snap])

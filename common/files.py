@@ -12,17 +12,39 @@ from typing import Any
 
 from actstream.common.errors import ConfigError
 
+
+def escaped(text: str) -> str:
+    """`text` safe to print or to carry as UTF-8 text: every character that is not printable written as an
+    escape (a newline as \\n, ESC as \\x1b, a bidi override as \\u202e, a C1 control as \\x9b) and every byte
+    of a file name that is not UTF-8 (Python holds it as a lone surrogate, os.fsdecode) as \\xNN. Printable
+    text, spaces and non-ASCII letters included, is kept as it is."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the raw byte 0x80-0xff of a non-UTF-8 name
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])  # '\\n', '\\x1b', '\\u202e', '\\ud800'
+    return "".join(out)
+
+
 def show_value(value: Any, limit: int = 80) -> str:
-    """A value for a one-line message: repr (escapes newlines), cut to `limit` characters."""
-    r = repr(value)
+    """A value for a one-line message: repr (escapes newlines; a string's bytes that are not UTF-8 as \\xNN),
+    cut to `limit` characters."""
+    r = repr(value) if not isinstance(value, str) or value.isprintable() else f"'{escaped(value)}'"
     return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
 
 
-def shown_path(path: str | Path) -> str:
-    """A path for a one-line message: as is when printable, else quoted with escapes (a newline in a file
-    name must not split the message)."""
-    text = str(path)
-    return text if text.isprintable() else repr(text)
+def shown_path(path: str | bytes | Path) -> str:
+    """A path for a one-line message: as is when printable, else quoted with escapes (a newline or an escape
+    sequence in a file name must neither split the message nor reach the terminal; bytes that are not UTF-8
+    show as \\xNN)."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() else f"'{escaped(text)}'"
 
 
 def is_int(v: Any) -> bool:

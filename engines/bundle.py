@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actstream.common.files import is_int, is_number, read_small_text, show_value
+from actstream.common.files import is_int, is_number, read_small_text, show_value, shown_path
 from actstream.common.errors import EngineError
 from actstream.engines.features import AudioFeatures, VideoFeatures
 from actstream.engines.flow import FlowFeatures
@@ -147,7 +147,7 @@ def resolve_model(path_or_name: str) -> Path:
             raise EngineError(f"model {show_value(path_or_name)} cannot be looked up ({why}): pass a model folder "
                               f"or a shipped model name") from exc
     shipped = sorted(d.name for d in SHIPPED.iterdir() if (d / "model.json").is_file()) if SHIPPED.is_dir() else []
-    raise EngineError(f"model {path_or_name!r} not found: expected a folder with model.json "
+    raise EngineError(f"model {shown_path(path_or_name)} not found: expected a folder with model.json "
                       f"or a shipped model name ({', '.join(shipped) or 'none installed'})")
 
 
@@ -159,28 +159,28 @@ def model_file(folder: Path, name: Any, what: str = "model file") -> Path:
     folder = Path(folder)
     fix = "use a model folder made by `actstream train`, or reinstall actstream"
     if not isinstance(name, str) or not name or "\x00" in name or len(name) > 255:
-        raise EngineError(f"{what} {show_value(name)} in {folder} is invalid: expected a file name in the "
+        raise EngineError(f"{what} {show_value(name)} in {shown_path(folder)} is invalid: expected a file name in the "
                           f"model folder: {fix}")
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:
-        raise EngineError(f"{what} {name!r} in {folder} points outside the model folder: expected a file name "
-                          f"in the folder itself: {fix}")
+        raise EngineError(f"{what} {name!r} in {shown_path(folder)} points outside the model folder: expected a file "
+                          f"name in the folder itself: {fix}")
     path = folder / rel
     try:
         real, root = path.resolve(), folder.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python 3.11)
-        raise EngineError(f"{what} {path} cannot be resolved ({exc}): {fix}") from exc
+        raise EngineError(f"{what} {shown_path(path)} cannot be resolved ({exc}): {fix}") from exc
     if not real.is_relative_to(root):
-        raise EngineError(f"{what} {path} leads out of the model folder (to {real}): copy the file into the "
-                          f"folder instead of linking to it")
+        raise EngineError(f"{what} {shown_path(path)} leads out of the model folder (to {shown_path(real)}): copy the "
+                          f"file into the folder instead of linking to it")
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return path
     except OSError as exc:
-        raise EngineError(f"{what} {path} cannot be read ({exc.strerror}): {fix}") from exc
+        raise EngineError(f"{what} {shown_path(path)} cannot be read ({exc.strerror}): {fix}") from exc
     if not stat.S_ISREG(mode):
-        raise EngineError(f"{what} {path} is not a regular file: {fix}")
+        raise EngineError(f"{what} {shown_path(path)} is not a regular file: {fix}")
     return path
 
 
@@ -200,9 +200,9 @@ def read_json(path: Path, what: str, fix: str) -> Any:
     try:
         return json.loads(data, object_pairs_hook=no_duplicates)
     except RecursionError as exc:
-        raise EngineError(f"{path} nests too deeply to read: {fix}") from exc
+        raise EngineError(f"{shown_path(path)} nests too deeply to read: {fix}") from exc
     except ValueError as exc:
-        raise EngineError(f"{path} is not valid JSON ({str(exc)[:160]}): {fix}") from exc
+        raise EngineError(f"{shown_path(path)} is not valid JSON ({str(exc)[:160]}): {fix}") from exc
 
 
 class _Checker:
@@ -212,8 +212,8 @@ class _Checker:
         self.path = path
 
     def fail(self, where: str, value: Any, expected: str) -> None:
-        raise EngineError(f"{self.path}: {where} = {show_value(value)} is invalid: expected {expected} (fix "
-                          f"model.json, or retrain the model)")
+        raise EngineError(f"{shown_path(self.path)}: {where} = {show_value(value)} is invalid: expected {expected} "
+                          f"(fix model.json, or retrain the model)")
 
     def int_in(self, where: str, value: Any, lo: int, hi: int) -> int:
         if not (is_int(value) and lo <= value <= hi):
@@ -235,7 +235,7 @@ class _Checker:
             self.fail(where, value, "a JSON object")
         missing, unknown = required - value.keys(), value.keys() - required - optional
         if missing:
-            raise EngineError(f"{self.path}: {where} lacks {', '.join(sorted(missing))}: expected the keys "
+            raise EngineError(f"{shown_path(self.path)}: {where} lacks {', '.join(sorted(missing))}: expected the keys "
                               f"{', '.join(sorted(required))} (fix model.json, or retrain the model)")
         if unknown:
             self.fail(f"{where} key", sorted(unknown)[0], f"one of {', '.join(sorted(required | optional))}")
@@ -331,14 +331,14 @@ def _parse_spec(data: Any, path: Path, folder: Path) -> ModelSpec:
         c.fail("the top level", data, "a JSON object (a model description from `actstream train`)")
     fmt = data.get("format")
     if not is_int(fmt) or fmt != FORMAT:
-        raise EngineError(f"{path} has format {show_value(fmt)}, this actstream reads format {FORMAT}: retrain the "
-                          f"model or upgrade actstream")
+        raise EngineError(f"{shown_path(path)} has format {show_value(fmt)}, this actstream reads format {FORMAT}: "
+                          f"retrain the model or upgrade actstream")
     c.keys("model.json", data, {"format", "name", "arch", "heads", "audio_dim", "hidden", "proj"},
            {"audio", "video", "lookahead", "motion", "flow", "step_ms", "head_inputs", "card"})
     name = c.text("name", data["name"], 128)
     arch = data["arch"]
     if not isinstance(arch, str) or arch not in ARCHS:
-        raise EngineError(f"{path}: arch {show_value(arch)} unknown: expected one of {', '.join(ARCHS)}")
+        raise EngineError(f"{shown_path(path)}: arch {show_value(arch)} unknown: expected one of {', '.join(ARCHS)}")
     heads = _parse_heads(c, data["heads"])
     features = {}
     for m, parse in (("audio", _parse_audio), ("video", _parse_video)):
@@ -421,8 +421,8 @@ def load_torch_modules(spec: ModelSpec) -> tuple[AudioCNN | None, Temporal]:
 
     path = model_file(spec.folder, "weights.pt", "model weights")
     if path.is_file() and path.stat().st_size > MAX_WEIGHTS_BYTES:
-        raise EngineError(f"{path} is {path.stat().st_size} bytes, more than the {MAX_WEIGHTS_BYTES} allowed: "
-                          f"retrain the model or reinstall actstream")
+        raise EngineError(f"{shown_path(path)} is {path.stat().st_size} bytes, more than the {MAX_WEIGHTS_BYTES} "
+                          f"allowed: retrain the model or reinstall actstream")
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(weights, dict):
@@ -438,7 +438,7 @@ def load_torch_modules(spec: ModelSpec) -> tuple[AudioCNN | None, Temporal]:
     # RuntimeError, KeyError, TypeError or AttributeError on a wrong state dict
     except (OSError, RuntimeError, KeyError, EOFError, ValueError, TypeError, AttributeError, IndexError,
             pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError, OverflowError, MemoryError) as exc:
-        raise EngineError(f"{path} cannot be loaded ({_first_line(exc)}): "
+        raise EngineError(f"{shown_path(path)} cannot be loaded ({_first_line(exc)}): "
                           f"retrain the model or reinstall actstream") from exc
     return audio, temporal.eval()
 
@@ -480,6 +480,7 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
         from actstream.engines.precision import encoder_file
 
         io = expected_io(spec)
+        said: set[str] = set()  # TensorRT's fallback reasons already warned about: one warning per model
 
         def make(path_fn, name: str, encoder: str | None, preferred_batch: int = 0) -> Engine:
             n = threads if name == "video_encoder" or not small_threads else small_threads
@@ -494,8 +495,8 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             from actstream.engines.tensorrt import tensorrt_engine
 
             trt_precision = "int8" if precision == "int8" else "fp16"
-            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, n, name, expect=io[name]),
-                             name)
+            return _LazyPath(lambda: tensorrt_engine(onnx_path(), trt_precision, n, name, expect=io[name],
+                                                     said=said), name)
 
         enc: dict[str, Engine] = {}
         if "audio" in spec.modalities:

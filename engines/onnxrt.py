@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from actstream.common.errors import EngineError
+from actstream.common.files import shown_path
 
 from actstream.engines.base import Engine
 
@@ -34,16 +35,17 @@ def check_io(path: Path, inputs: list[tuple], outputs: list[tuple],
     for kind, actual, wanted in (("inputs", inputs, expect[0]), ("outputs", outputs, expect[1])):
         names = [a[0] for a in actual]
         if sorted(names) != sorted(wanted):
-            raise EngineError(f"model file {path} does not match model.json: its {kind} are {names[:20]}, model.json "
-                              f"implies {list(wanted)[:20]} (heads, modalities): {fix}")
+            raise EngineError(f"model file {shown_path(path)} does not match model.json: its {kind} are {names[:20]}, "
+                              f"model.json implies {list(wanted)[:20]} (heads, modalities): {fix}")
         for name, shape, typ in actual:
             want = wanted[name]
             if typ != "tensor(float)":
-                raise EngineError(f"model file {path}: {kind[:-1]} {name!r} is {typ}, expected tensor(float): {fix}")
+                raise EngineError(f"model file {shown_path(path)}: {kind[:-1]} {name!r} is {typ}, expected "
+                                  f"tensor(float): {fix}")
             if shape is None or len(shape) != len(want) or any(
                     isinstance(d, int) and w is not None and d != w for d, w in zip(shape, want)):
-                raise EngineError(f"model file {path} does not match model.json: {kind[:-1]} {name!r} has shape "
-                                  f"{_shape(shape or [])}, model.json implies {_shape(want)} (classes per head, "
+                raise EngineError(f"model file {shown_path(path)} does not match model.json: {kind[:-1]} {name!r} has "
+                                  f"shape {_shape(shape or [])}, model.json implies {_shape(want)} (classes per head, "
                                   f"audio features, dims): {fix}")
 
 
@@ -75,14 +77,15 @@ class OnnxRuntimeEngine(Engine):
         except ImportError as exc:  # pragma: no cover - a dependency of the package
             raise EngineError("onnxruntime is not installed: pip install onnxruntime") from exc
         if not self.path.exists():
-            raise EngineError(f"model file {self.path} not found: reinstall the model or pass another --model")
+            raise EngineError(f"model file {shown_path(self.path)} not found: reinstall the model or pass another "
+                              f"--model")
         st = os.stat(self.path)
         if not stat.S_ISREG(st.st_mode):  # ONNX Runtime would block on a FIFO, and read a device for ever
-            raise EngineError(f"model file {self.path} is not a regular file: reinstall the model or pass another "
-                              f"--model")
+            raise EngineError(f"model file {shown_path(self.path)} is not a regular file: reinstall the model or pass "
+                              f"another --model")
         if st.st_size > MAX_ONNX_BYTES:
-            raise EngineError(f"model file {self.path} is {st.st_size} bytes, more than ONNX's {MAX_ONNX_BYTES}: "
-                              f"re-export it or reinstall the model")
+            raise EngineError(f"model file {shown_path(self.path)} is {st.st_size} bytes, more than ONNX's "
+                              f"{MAX_ONNX_BYTES}: re-export it or reinstall the model")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
@@ -94,7 +97,7 @@ class OnnxRuntimeEngine(Engine):
         try:
             self._session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types; all mean the same here
-            raise EngineError(f"model file {self.path} cannot be loaded by ONNX Runtime "
+            raise EngineError(f"model file {shown_path(self.path)} cannot be loaded by ONNX Runtime "
                               f"({str(exc).splitlines()[0][:160]}): re-export it or reinstall the model") from exc
         inputs = [(i.name, i.shape, i.type) for i in self._session.get_inputs()]
         outputs = [(o.name, o.shape, o.type) for o in self._session.get_outputs()]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from actstream.common.files import show_value
+from actstream.common.files import show_value, shown_path
 from actstream.common.errors import EngineError
 
 from actstream.engines.cache import file_digest
@@ -39,7 +39,7 @@ def read_gate(folder: Path) -> dict:
     data = read_json(path, "calibration record", fix)
 
     def bad(where: str, value, expected: str):
-        return EngineError(f"{path}: {where} = {show_value(value)} is invalid: expected {expected}: {fix}")
+        return EngineError(f"{shown_path(path)}: {where} = {show_value(value)} is invalid: expected {expected}: {fix}")
 
     if not isinstance(data, dict):
         raise bad("the top level", data, "a JSON object")
@@ -71,8 +71,8 @@ def encoder_file(folder: Path, encoder: str, fp32_path: Path, precision: str) ->
     int8 = Path(folder) / entry["file"] if entry else None
     if precision == "int8":
         if int8 is None or not int8.is_file():
-            raise EngineError(f"model {folder} has no INT8 {encoder} encoder: run `actstream calibrate --model "
-                              f"{folder} --data PATH` first, or set model.precision = \"fp32\"")
+            raise EngineError(f"model {shown_path(folder)} has no INT8 {encoder} encoder: run `actstream calibrate "
+                              f"--model {shown_path(folder)} --data PATH` first, or set model.precision = \"fp32\"")
         if not entry.get("passed"):
             log.warning("INT8 %s encoder of %s failed the accuracy gate (%s); using it because precision is int8",
                         encoder, folder, str(entry.get("reason", "see int8.json"))[:200])

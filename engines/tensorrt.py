@@ -82,8 +82,11 @@ class SelfHealingEngine(Engine):
     If TensorRT is missing, or a run of the primary fails, the fallback serves with one warning.
     """
 
-    def __init__(self, primary, fallback: Engine, rebuild: bool = True):
+    def __init__(self, primary, fallback: Engine, rebuild: bool = True, said: set[str] | None = None):
+        """said: reasons already warned about, shared by the engines of one model (engines.bundle.open_engines):
+        a reason that is the same for every network (TensorRT missing, no GPU) is said once, not per network."""
         super().__init__(fallback.name, fallback.input_names, fallback.output_names)
+        self.said = said
         self.primary = primary
         self.fallback = fallback
         self.rebuild = rebuild
@@ -114,7 +117,13 @@ class SelfHealingEngine(Engine):
             if self.rebuild:
                 self._start_build()
         except EngineError as exc:
-            log.warning("%s: %s runs on ONNX Runtime instead", exc, self.name)
+            if self.said is None:
+                log.warning("%s: %s runs on ONNX Runtime instead", exc, self.name)
+            elif str(exc) in self.said:
+                log.info("%s runs on ONNX Runtime too", self.name)
+            else:
+                self.said.add(str(exc))
+                log.warning("%s: the model's networks run on ONNX Runtime instead", exc)
         self._loaded = True
 
     def _start_build(self) -> None:
@@ -162,11 +171,11 @@ class SelfHealingEngine(Engine):
 
 
 def tensorrt_engine(onnx_path: str | Path, precision: str, threads: int, name: str,
-                    expect: tuple[dict, dict] | None = None) -> SelfHealingEngine:
+                    expect: tuple[dict, dict] | None = None, said: set[str] | None = None) -> SelfHealingEngine:
     """The engine `open_engines` gives for --backend tensorrt: TensorRT with ONNX Runtime beside it.
     expect: the inputs/outputs model.json implies, checked against the ONNX file by the ONNX Runtime side at
-    load (engines.onnxrt.check_io), before any engine is built from it."""
+    load (engines.onnxrt.check_io), before any engine is built from it; said: see SelfHealingEngine."""
     from actstream.engines.onnxrt import OnnxRuntimeEngine
 
     return SelfHealingEngine(TensorRTEngine(onnx_path, precision, name=name),
-                             OnnxRuntimeEngine(onnx_path, threads, name=name, expect=expect))
+                             OnnxRuntimeEngine(onnx_path, threads, name=name, expect=expect), said=said)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from actstream.common.errors import EngineError
+from actstream.common.files import shown_path
 
 from actstream.engines.cache import file_digest
 from actstream.engines.trt_cache import (EngineFileError, Shapes, engine_key, engine_path, profile_shapes, read_engine_file,
@@ -89,7 +90,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", shapes: Shapes 
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"TensorRT cannot parse {onnx_path} ({errors[:200]}): re-export the model")
+        raise EngineError(f"TensorRT cannot parse {shown_path(onnx_path)} ({errors[:200]}): re-export the model")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     config.set_flag(trt.BuilderFlag.FP16)
@@ -106,7 +107,8 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", shapes: Shapes 
         config.progress_monitor = _monitor(trt, _Phases(progress))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError(f"TensorRT failed to build {onnx_path} at {precision}: see the TensorRT log above")
+        raise EngineError(f"TensorRT failed to build {shown_path(onnx_path)} at {precision}: see the TensorRT log "
+                          f"above")
     write_engine_file(path, key, bytes(serialized))
     tc_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tc_path.with_name(f".{tc_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # builds run in threads

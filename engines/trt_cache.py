@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actstream.common.errors import EngineError
+from actstream.common.files import shown_path
 
 from actstream.engines.cache import cache_dir, key_digest
 
@@ -89,22 +90,22 @@ def read_engine_file(path: Path, key: dict) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise EngineFileError(f"engine {path} not built yet") from exc
+        raise EngineFileError(f"engine {shown_path(path)} not built yet") from exc
     except OSError as exc:
-        raise EngineFileError(f"engine {path} cannot be read ({exc.strerror}): it will be rebuilt") from exc
+        raise EngineFileError(f"engine {shown_path(path)} cannot be read ({exc.strerror}): it will be rebuilt") from exc
     if len(data) < len(MAGIC) + 4 or not data.startswith(MAGIC):
-        raise EngineFileError(f"engine {path} is corrupt (bad magic): it will be rebuilt")
+        raise EngineFileError(f"engine {shown_path(path)} is corrupt (bad magic): it will be rebuilt")
     (n,) = struct.unpack_from("<I", data, len(MAGIC))
     start = len(MAGIC) + 4
     try:
         header = json.loads(data[start:start + n])
     except ValueError as exc:
-        raise EngineFileError(f"engine {path} is corrupt (bad header): it will be rebuilt") from exc
+        raise EngineFileError(f"engine {shown_path(path)} is corrupt (bad header): it will be rebuilt") from exc
     payload = data[start + n:]
     if header.get("key") != key:
-        raise EngineFileError(f"engine {path} is stale (built for another ONNX, TensorRT, GPU, precision or "
-                              f"shape): it will be rebuilt")
+        raise EngineFileError(f"engine {shown_path(path)} is stale (built for another ONNX, TensorRT, GPU, precision "
+                              f"or shape): it will be rebuilt")
     if header.get("size") != len(payload) or header.get("sha256") != hashlib.sha256(payload).hexdigest():
-        raise EngineFileError(f"engine {path} is corrupt (checksum mismatch, {len(payload)} bytes): "
+        raise EngineFileError(f"engine {shown_path(path)} is corrupt (checksum mismatch, {len(payload)} bytes): "
                               f"it will be rebuilt")
     return payload

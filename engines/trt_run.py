@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from actstream.common.errors import EngineError
+from actstream.common.files import shown_path
 
 from actstream.engines.base import Engine
 from actstream.engines.cache import file_digest
@@ -53,7 +54,7 @@ class TensorRTEngine(Engine):
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(payload)
         if engine is None:
-            raise EngineFileError(f"engine {path} cannot be deserialized by TensorRT {trt.__version__}: "
+            raise EngineFileError(f"engine {shown_path(path)} cannot be deserialized by TensorRT {trt.__version__}: "
                                   f"it will be rebuilt")
         self._engine, self._context = engine, engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]

@@ -23,6 +23,7 @@ from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import ArraySource
 from actstream.stream.steps import steps
 from actstream.common.errors import ConfigError
+from actstream.common.files import shown_path
 
 from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
 from actstream.stream.sources import load_audio
@@ -100,14 +101,15 @@ def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: flo
     if not 1.0 <= seconds <= MAX_SECONDS:  # also refuses NaN
         raise ConfigError(f"--seconds {seconds} out of range: expected 1 to {MAX_SECONDS:.0f} (seconds per timeline)")
     if not data_root.is_dir():
-        raise ConfigError(f"data folder {data_root} not found: pass the shared data folder (../shared/data)")
+        raise ConfigError(f"data folder {shown_path(data_root)} not found: pass the shared data folder "
+                          f"(../shared/data)")
     for name in MANIFESTS:
         if not (data_root / "manifests" / f"{name}.csv").is_file():
-            raise ConfigError(f"data folder {data_root} lacks manifests/{name}.csv: pass the shared data folder "
-                              f"(../shared/data), whose test splits eval uses")
+            raise ConfigError(f"data folder {shown_path(data_root)} lacks manifests/{name}.csv: pass the shared data "
+                              f"folder (../shared/data), whose test splits eval uses")
     check_output_folder("--out", out_dir)
     if out_dir.resolve() == data_root.resolve():
-        raise ConfigError(f"--out {out_dir}: is the data folder: write the report to a folder of its own")
+        raise ConfigError(f"--out {shown_path(out_dir)}: is the data folder: write the report to a folder of its own")
 
 
 def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[str], timelines: int = 8,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from actstream.common.errors import ConfigError
-from actstream.common.files import is_int, is_number, read_small_text, show_value
+from actstream.common.files import is_int, is_number, read_small_text, show_value, shown_path
 
 BACKENDS = ("onnxruntime", "torch", "torch-cuda", "tensorrt")
 PRECISIONS = ("auto", "fp32", "int8")
@@ -225,9 +225,9 @@ def load_config(path: str | Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"config file {shown_path(path)} is not valid TOML: {exc}") from exc
     except RecursionError as exc:  # arrays or inline tables nested thousands deep
-        raise ConfigError(f"config file {path} nests arrays or tables too deeply to read: {fix}") from exc
+        raise ConfigError(f"config file {shown_path(path)} nests arrays or tables too deeply to read: {fix}") from exc
     return config_from_dict(data, source=str(path))
 
 
@@ -235,20 +235,22 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
     sections = {}
     for name, value in data.items():
         if name not in _SECTIONS:
-            raise ConfigError(f"{source}: unknown section [{_name(name)}]: expected one of {', '.join(_SECTIONS)}")
+            raise ConfigError(f"{shown_path(source)}: unknown section [{_name(name)}]: expected one of "
+                              f"{', '.join(_SECTIONS)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table of keys, got {show_value(value)}")
+            raise ConfigError(f"{shown_path(source)}: [{name}] must be a table of keys, got {show_value(value)}")
         cls = _SECTIONS[name]
         known = {f.name: f for f in dataclasses.fields(cls)}
         for key, v in value.items():
             if key not in known:
-                raise ConfigError(f"{source}: unknown key {name}.{_name(key)}: expected one of {', '.join(known)}")
+                raise ConfigError(f"{shown_path(source)}: unknown key {name}.{_name(key)}: expected one of "
+                                  f"{', '.join(known)}")
             if known[key].type == "float" and is_int(v) and abs(v) < 2 ** 53:  # larger: refused by the range check
                 value[key] = float(v)
         try:
             sections[name] = cls(**value)
         except ConfigError as exc:  # name the file the bad value came from
-            raise ConfigError(f"{source}: {exc}") from exc
+            raise ConfigError(f"{shown_path(source)}: {exc}") from exc
         except TypeError as exc:  # pragma: no cover - guarded by the key check above
-            raise ConfigError(f"{source}: [{name}]: {exc}") from exc
+            raise ConfigError(f"{shown_path(source)}: [{name}]: {exc}") from exc
     return Config(**sections)

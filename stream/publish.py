@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, IO
 
 from actstream.common.errors import PublishError
+from actstream.common.files import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Publisher:
             try:
                 self._out = open(self.out_path, "wb")
             except OSError as exc:
-                raise PublishError(f"cannot write --out {out}: {exc.strerror}: choose a writable path") from exc
+                raise PublishError(f"cannot write --out {shown_path(out)}: {exc.strerror}: choose a writable "
+                                   f"path") from exc
         if endpoint:
             import zmq
 

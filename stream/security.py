@@ -18,10 +18,11 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
-from actstream.common.files import read_small_text
+from actstream.common.files import read_small_text, shown_path
 from actstream.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,66 @@ def _write_key_file(path: Path, public: bytes, secret: bytes | None) -> None:
     os.chmod(path, 0o600)  # in case the umask was stricter or a stale file existed
 
 
+MAX_FOLDER_ENTRIES = 10_000  # a keys folder holds the server pair and a few clients: more is some other folder
+
+
+def _keys_layout_intruder(folder: Path) -> str | None:
+    """The first entry of `folder` that has no place in a keys folder (server.key, server.key_secret,
+    NAME.key_secret, clients/NAME.key), or None when every entry has one (an empty folder included)."""
+    with os.scandir(folder) as entries:
+        for i, entry in enumerate(entries):
+            if i >= MAX_FOLDER_ENTRIES:
+                return entry.name
+            if entry.name == CLIENTS and entry.is_dir(follow_symlinks=False):
+                inside = _keys_layout_intruder_in_clients(Path(entry.path))
+                if inside is not None:
+                    return f"{CLIENTS}/{inside}"
+            elif not (entry.is_file(follow_symlinks=False) and (entry.name in (f"{SERVER}.key", f"{SERVER}.key_secret")
+                                                                  or entry.name.endswith(".key_secret"))):
+                return entry.name
+    return None
+
+
+def _keys_layout_intruder_in_clients(clients: Path) -> str | None:
+    with os.scandir(clients) as entries:
+        for i, entry in enumerate(entries):
+            if i >= MAX_FOLDER_ENTRIES or not (entry.is_file(follow_symlinks=False) and entry.name.endswith(".key")):
+                return entry.name
+    return None
+
+
+def _claim_folder(folder: Path) -> None:
+    """Make the keys folder (mode 700), or take an existing one only if it is the user's own and empty or
+    already a keys folder; it is then set to mode 700. Anything else is refused before a byte is written:
+    `actstream keys /tmp` run as root must not lock every other user out of /tmp."""
+    shown = shown_path(folder)
+    fix = "name a new folder (it is made, mode 700), an empty folder of your own, or a keys folder"
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700)
+        os.chmod(folder, 0o700)  # whatever the umask
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"keys folder {shown} is a symbolic link: {fix}")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"keys folder {shown} is not a folder: {fix}")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"keys folder {shown} belongs to another user (uid {st.st_uid}), and keys would set it "
+                          f"to mode 700: {fix}")
+    intruder = _keys_layout_intruder(folder)
+    if intruder is not None:
+        raise ConfigError(f"keys folder {shown} holds other files ({shown_path(intruder)}), and keys would set it "
+                          f"to mode 700: {fix}")
+    os.chmod(folder, 0o700)
+
+
 def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False) -> list[Path]:
     """Create the server key pair (if absent) and one key pair per client name; returns the files written.
+
+    folder: made here (mode 700), or an existing folder of the user's own that is empty or already holds keys
+    (see _claim_folder); any other folder is refused, untouched.
 
     An existing client's key is replaced only with replace=True (its old key pair stops working); without,
     an existing name is refused before anything is written."""
@@ -131,12 +190,12 @@ def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False
         if not replace:
             for existing in (folder / CLIENTS / f"{name}.key", folder / f"{name}.key_secret"):
                 if existing.exists() or existing.is_symlink():
-                    raise ConfigError(f"client {name!r} already has a key ({existing}): pass --replace to make "
-                                      f"it a new one (its old key pair stops working), or choose another name")
+                    raise ConfigError(f"client {name!r} already has a key ({shown_path(existing)}): pass --replace to "
+                                      f"make it a new one (its old key pair stops working), or choose another name")
     written = []
     try:
-        (folder / CLIENTS).mkdir(parents=True, exist_ok=True)
-        os.chmod(folder, 0o700)
+        _claim_folder(folder)
+        (folder / CLIENTS).mkdir(mode=0o700, exist_ok=True)
         if not (folder / f"{SERVER}.key_secret").exists():
             public, secret = zmq.curve_keypair()
             _write_key_file(folder / f"{SERVER}.key", public, None)
@@ -148,7 +207,8 @@ def make_keys(folder: str | Path, clients: list[str] = (), replace: bool = False
             _write_key_file(folder / f"{name}.key_secret", public, secret)
             written += [folder / CLIENTS / f"{name}.key", folder / f"{name}.key_secret"]
     except OSError as exc:
-        raise ConfigError(f"cannot write keys to {folder}: {exc.strerror}: choose a writable folder") from exc
+        raise ConfigError(f"cannot write keys to {shown_path(folder)}: {exc.strerror}: choose a writable "
+                          f"folder") from exc
     return written
 
 
@@ -179,10 +239,10 @@ def load_pair(path: str | Path, what: str) -> tuple[bytes, bytes | None]:
         except (ValueError, KeyError, IndexError, OverflowError):
             ok = False
         if not ok:
-            raise ConfigError(f"{what} {path}: its {kind} key is not a 40-character Z85 CURVE key: make keys "
-                              f"with `actstream keys`")
+            raise ConfigError(f"{what} {shown_path(path)}: its {kind} key is not a 40-character Z85 CURVE key: make "
+                              f"keys with `actstream keys`")
     if "public" not in keys:
-        raise ConfigError(f"{what} {path} holds no valid public key: make keys with `actstream keys`")
+        raise ConfigError(f"{what} {shown_path(path)} holds no valid public key: make keys with `actstream keys`")
     return keys["public"], keys.get("secret")
 
 
@@ -216,8 +276,8 @@ class CurveServer:
         clients = self.folder / CLIENTS
         allowed = self._allow_list(clients)
         if not allowed:
-            raise ConfigError(f"no client public keys in {clients}: add one with `actstream keys {self.folder} "
-                              f"--client NAME`")
+            raise ConfigError(f"no client public keys in {shown_path(clients)}: add one with `actstream keys "
+                              f"{shown_path(self.folder)} --client NAME`")
         mode = (self.folder / f"{SERVER}.key_secret").stat().st_mode & 0o077
         if mode:
             log.warning("%s is readable by other users (mode %o): chmod 600 it",
@@ -240,8 +300,8 @@ class CurveServer:
                 public, _ = load_pair(path, "client key")
                 allowed.add(public)
             elif not path.name.startswith("."):
-                raise ConfigError(f"{path} is not a client key (NAME.key): only the keys made by `actstream keys "
-                                  f"DIR --client NAME` belong in {clients}: move it away")
+                raise ConfigError(f"{shown_path(path)} is not a client key (NAME.key): only the keys made by "
+                                  f"`actstream keys DIR --client NAME` belong in {shown_path(clients)}: move it away")
         return allowed
 
     def apply(self, sock) -> None:

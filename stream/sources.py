@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from actstream.common.files import file_kind
+from actstream.common.files import escaped, file_kind, shown_path
 from actstream.common.errors import SourceError
+from actstream.stream.orientation import video_orientation
 from actstream.stream.rings import AudioRing, FrameRing
 from actstream.stream.steps import Snapshot
 
@@ -27,28 +28,30 @@ log = logging.getLogger(__name__)
 MAX_SIDE = 4096  # frames larger than this are refused: no webcam or recording of activity needs more
 AUDIO_RATES = (4000, 384000)  # Hz accepted for an audio track (resampled to the model's rate)
 MAX_CHANNELS = 32  # more is not a recording of a room (and FFmpeg's mixer refuses some layouts)
+MAX_SAMPLE = 1e6  # |sample| beyond this (full scale is 1) is no recording; its square overflows the front end
 MIN_SECONDS = 0.01  # the shortest step (step.step_ms >= 10): a recording shorter than this can give no label
 
 
 def _open_container(path: Path):
     import av
 
+    shown = shown_path(path)
     try:
         st = os.stat(path)
     except FileNotFoundError as exc:
-        raise SourceError(f"{path}: file not found: check the path") from exc
+        raise SourceError(f"{shown}: file not found: check the path") from exc
     except (OSError, ValueError) as exc:
-        raise SourceError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}): check the path") from exc
+        raise SourceError(f"{shown}: cannot be read ({getattr(exc, 'strerror', None) or exc}): check the path") from exc
     if stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"{path}: is a folder, not a media file: pass a file")
+        raise SourceError(f"{shown}: is a folder, not a media file: pass a file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder, a device never ends: neither is a recording
-        raise SourceError(f"{path}: not a regular file ({file_kind(st.st_mode)}): pass a recording saved to a file")
+        raise SourceError(f"{shown}: not a regular file ({file_kind(st.st_mode)}): pass a recording saved to a file")
     if st.st_size == 0:
-        raise SourceError(f"{path}: file is empty: pass a recording with audio or video")
+        raise SourceError(f"{shown}: file is empty: pass a recording with audio or video")
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise SourceError(f"{path}: not a readable media file ({type(exc).__name__}: "
+        raise SourceError(f"{shown}: not a readable media file ({type(exc).__name__}: "
                           f"{getattr(exc, 'strerror', None) or exc}): pass an mp4/mkv/avi/mpg/wav/flac/mp3 file") from exc
 
 
@@ -79,17 +82,17 @@ def _check_audio_stream(path: Path, stream) -> None:
     ctx = stream.codec_context
     if ctx is None:
         tag = getattr(stream, "codec_tag", None) or "unknown"
-        raise SourceError(f"{path}: audio codec {tag!r} is not supported (no decoder in this FFmpeg): convert it, "
+        raise SourceError(f"{shown_path(path)}: audio codec {tag!r} is not supported (no decoder in this FFmpeg): convert it, "
                           f"e.g. ffmpeg -i IN -ar 16000 -ac 1 OUT.wav")
     if not AUDIO_RATES[0] <= (ctx.sample_rate or 0) <= AUDIO_RATES[1]:
-        raise SourceError(f"{path}: audio sample rate {ctx.sample_rate} Hz not supported: expected "
+        raise SourceError(f"{shown_path(path)}: audio sample rate {ctx.sample_rate} Hz not supported: expected "
                           f"{AUDIO_RATES[0]} to {AUDIO_RATES[1]} Hz (the file may be corrupt)")
     if not 1 <= (ctx.channels or 0) <= MAX_CHANNELS:
         # FFmpeg drops a count above its limit of 512 (FF_SANE_NB_CHANNELS) to 0 while probing the stream, so
         # PyAV reports "0 channels" for 65,535: the count the file declares is read from its header instead
         declared = ctx.channels or _declared_channels(path)
         count = f"{declared} audio channels" if declared else "an audio channel count of 0 or more than 512"
-        raise SourceError(f"{path}: {count} not supported: expected 1 to {MAX_CHANNELS} (the file may be corrupt; "
+        raise SourceError(f"{shown_path(path)}: {count} not supported: expected 1 to {MAX_CHANNELS} (the file may be corrupt; "
                           f"mix it down, e.g. ffmpeg -i IN -ac 1 OUT.wav)")
 
 
@@ -112,6 +115,16 @@ def _declared_channels(path: Path) -> int | None:
     return None
 
 
+def broken_samples(x: np.ndarray) -> np.ndarray | None:
+    """A mask of the samples that are no usable audio, or None when there are none: NaN and infinity (a float
+    WAV can hold them, and a float64 sample beyond float32's range becomes infinite when decoded) and
+    magnitudes beyond MAX_SAMPLE. They would reach the front end and the model, and numpy would print its own
+    warnings."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(x) <= MAX_SAMPLE)  # NaN compares False
+    return bad if bad.any() else None
+
+
 class _AudioTrack:
     """Decodes one audio stream to mono float32 at `rate` into an AudioRing, on demand."""
 
@@ -122,7 +135,7 @@ class _AudioTrack:
         self.container = _open_container(path)
         if not self.container.streams.audio:
             self.container.close()
-            raise SourceError(f"{path}: has no audio track: pass a file with audio to --audio")
+            raise SourceError(f"{shown_path(path)}: has no audio track: pass a file with audio to --audio")
         self.stream = self.container.streams.audio[0]
         try:
             _check_audio_stream(path, self.stream)
@@ -136,6 +149,7 @@ class _AudioTrack:
         self._frames = self._decode()
         self.done = False
         self.errors = 0
+        self.nonfinite = 0  # samples (at `rate`) replaced by silence because they were NaN or infinite
         dur = self.stream.duration * self.stream.time_base if self.stream.duration else None
         self.duration = float(dur) if dur else (self.container.duration / 1e6 if self.container.duration else None)
 
@@ -148,7 +162,7 @@ class _AudioTrack:
                 frames = packet.decode()
             except av.error.FFmpegError as exc:
                 self.errors += 1
-                log.warning("%s: skipping an undecodable audio packet: %s", self.path, exc)
+                log.warning("%s: skipping an undecodable audio packet: %s", shown_path(self.path), exc)
                 continue
             for frame in frames:
                 if first and frame.time is not None:
@@ -170,10 +184,23 @@ class _AudioTrack:
                 self.done = True
                 break
             except (av.error.FFmpegError, ValueError) as exc:  # a frame the resampler cannot take: stop there
-                log.warning("%s: audio decoding stopped early: %s", self.path, exc)
+                log.warning("%s: audio decoding stopped early: %s", shown_path(self.path), exc)
                 self.done = True
                 break
-            self.ring.write(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+            self.ring.write(self._finite(frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)))
+
+    def _finite(self, x: np.ndarray) -> np.ndarray:
+        """x with every sample that is no usable number replaced by silence, said once per track (see
+        broken_samples)."""
+        bad = broken_samples(x)
+        if bad is None:
+            return x
+        if not self.nonfinite:
+            first = (self.ring.written + int(np.argmax(bad))) / self.rate
+            log.warning("%s: audio samples that are not finite numbers (NaN, infinity or beyond +-%g) from %.2f s "
+                        "on: replaced with silence", shown_path(self.path), MAX_SAMPLE, first)
+        self.nonfinite += int(bad.sum())
+        return np.where(bad, np.float32(0.0), x)
 
     def close(self) -> None:
         self.container.close()
@@ -189,21 +216,22 @@ class _VideoTrack:
         self.container = _open_container(path)
         if not self.container.streams.video:
             self.container.close()
-            raise SourceError(f"{path}: has no video track")
+            raise SourceError(f"{shown_path(path)}: has no video track")
         self.stream = self.container.streams.video[0]
         if self.stream.codec_context is None:
             self.container.close()
-            raise SourceError(f"{path}: video codec {getattr(self.stream, 'codec_tag', None) or 'unknown'!r} is not "
+            raise SourceError(f"{shown_path(path)}: video codec {getattr(self.stream, 'codec_tag', None) or 'unknown'!r} is not "
                               f"supported (no decoder in this FFmpeg): convert it, e.g. ffmpeg -i IN -c:v libx264 OUT.mp4")
         self.stream.thread_type = "AUTO"
         w, h = self.stream.codec_context.width, self.stream.codec_context.height
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
             self.container.close()
-            raise SourceError(f"{path}: video size {w}x{h} not supported: expected 1..{MAX_SIDE} px a side")
-        self.shape = (h, w, 3)
+            raise SourceError(f"{shown_path(path)}: video size {w}x{h} not supported: expected 1..{MAX_SIDE} px a side")
+        # the rotation the container declares (a phone's portrait video) is applied before anything sees a frame
+        self.orientation, self._frames = video_orientation(path, self.container, self.stream)
+        self.shape = (w, h, 3) if self.orientation.turns else (h, w, 3)
         self.ring = FrameRing(capacity, self.shape)
         self.t0 = _start_time(self.container)
-        self._frames = self.container.decode(self.stream)
         self._pending = None  # (av frame, t): decoded, not yet converted; later than the last step time asked
         self.done = False
         self.last_t = -1.0
@@ -220,7 +248,7 @@ class _VideoTrack:
                 self.done = True
                 break
             except self.av.error.FFmpegError as exc:
-                log.warning("%s: video decoding stopped early: %s", self.path, exc)
+                log.warning("%s: video decoding stopped early: %s", shown_path(self.path), exc)
                 self.done = True
                 break
             ft = (frame.time if frame.time is not None else self.last_t + 0.04) - self.t0
@@ -236,9 +264,9 @@ class _VideoTrack:
         import cv2
 
         try:
-            img = frame.to_ndarray(format="bgr24")
+            img = self.orientation.apply(frame.to_ndarray(format="bgr24"))
         except (self.av.error.FFmpegError, ValueError) as exc:  # a damaged frame: skip it, keep the stream
-            log.warning("%s: skipping a frame that cannot be converted: %s", self.path, exc)
+            log.warning("%s: skipping a frame that cannot be converted: %s", shown_path(self.path), exc)
             return
         if img.shape != self.shape:  # resolution changed mid-stream: keep the first size
             img = cv2.resize(img, (self.shape[1], self.shape[0]))
@@ -264,7 +292,7 @@ class FileSource:
         recording shorter than one step gives no label). A recording between MIN_SECONDS and one step that
         got here is refused at its first step instead."""
         self.path = Path(path)
-        self.name = self.path.name
+        self.name = escaped(self.path.name)  # `source` on the wire: text, whatever bytes the file name holds
         self.sample_rate = sample_rate
         self.window = window_samples
         self.audio: _AudioTrack | None = None
@@ -277,13 +305,13 @@ class FileSource:
         finally:
             container.close()
         if not has_a and not has_v:
-            raise SourceError(f"{self.path}: has no audio and no video track: pass a recording with either")
+            raise SourceError(f"{shown_path(self.path)}: has no audio and no video track: pass a recording with either")
         try:
             if use_video and has_v:
                 self.video = _VideoTrack(self.path)
             if use_audio and audio_path is not None:
                 self.audio = _AudioTrack(Path(audio_path), sample_rate, ring_s=30.0)
-                self.name = f"{self.path.name}+{Path(audio_path).name}"
+                self.name = f"{escaped(self.path.name)}+{escaped(Path(audio_path).name)}"
             elif use_audio and has_a:
                 self.audio = _AudioTrack(self.path, sample_rate, ring_s=30.0)
         except Exception:
@@ -314,11 +342,11 @@ class FileSource:
     def _too_short(self, step_s: float, what: str = "one step") -> SourceError:
         end = self.end_time()
         if end <= 0:
-            return SourceError(f"{self.path}: no audio or video could be decoded (the recording is empty or damaged): "
+            return SourceError(f"{shown_path(self.path)}: no audio or video could be decoded (the recording is empty or damaged): "
                                f"pass a recording at least {what} ({step_s * 1000:.0f} ms) long")
         fix = "pass a longer recording" + (" or a model trained at a shorter step (actstream train --step-ms)"
                                            if step_s > MIN_SECONDS else "")
-        return SourceError(f"{self.path}: the recording is {end * 1000:.1f} ms long, shorter than {what} "
+        return SourceError(f"{shown_path(self.path)}: the recording is {end * 1000:.1f} ms long, shorter than {what} "
                            f"({step_s * 1000:.0f} ms), so it gives no label: {fix}")
 
     def start(self) -> None:
@@ -460,8 +488,8 @@ class LiveSource:
         self.camera = (CameraCapture(camera, frame_ring, self.start_wall, stall_s=stall_s)
                        if camera != "none" else None)
         self.mic = MicCapture(mic, sample_rate, audio_ring_s, audio_block_ms, stall_s=stall_s) if mic != "none" else None
-        self.name = "live:" + "+".join(x for x in (f"camera={redact(camera)}" if self.camera else "",
-                                                   f"mic={mic}" if self.mic else "") if x)
+        self.name = escaped("live:" + "+".join(x for x in (f"camera={redact(camera)}" if self.camera else "",
+                                                           f"mic={mic}" if self.mic else "") if x))
         self.window = window_samples
         self.has_audio_track, self.has_video_track = self.mic is not None, self.camera is not None
         self._buf = np.zeros(window_samples, dtype=np.float32)
@@ -524,10 +552,16 @@ def load_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise SourceError(f"{path}: has no audio track")
+                raise SourceError(f"{shown_path(path)}: has no audio track")
             res = av.AudioResampler(format="flt", layout="mono", rate=rate)
             chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for f in res.resample(frame)]
             chunks += [f.to_ndarray().reshape(-1) for f in res.resample(None)]
     except av.error.FFmpegError as exc:
-        raise SourceError(f"{path}: cannot be decoded: {exc}") from exc
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        raise SourceError(f"{shown_path(path)}: cannot be decoded: {exc}") from exc
+    x = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    bad = broken_samples(x)
+    if bad is not None:
+        log.warning("%s: %d audio samples that are not finite numbers (NaN, infinity or beyond +-%g): replaced with "
+                    "silence", shown_path(path), int(bad.sum()), MAX_SAMPLE)
+        x[bad] = 0.0
+    return x

@@ -554,3 +554,263 @@ def test_keys_refuses_to_replace_an_existing_client_unless_asked(tmp_path):
     assert (keys / "clients" / "alice.key").read_text() != before
     r = run_cli("keys", str(keys), "--client", "../evil")
     assert r.returncode == 2 and "not usable" in r.stderr
+
+
+def test_keys_never_takes_over_a_folder_it_did_not_make(tmp_path):
+    """Issue 21 item 7: `keys DIR` set any existing folder to mode 700 (`keys /tmp` as root would lock every
+    other user out of /tmp). It may make a new folder, or use an empty one of the user's own, or a keys folder."""
+    theirs = tmp_path / "populated"
+    theirs.mkdir(mode=0o755)
+    (theirs / "notes.txt").write_text("not a key")
+    os.chmod(theirs, 0o755)
+    r = run_cli("keys", str(theirs), "--client", "laptop")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "notes.txt" in r.stderr, r.stderr
+    assert stat.S_IMODE(theirs.stat().st_mode) == 0o755 and sorted(os.listdir(theirs)) == ["notes.txt"]
+
+    other = tmp_path / "someone_elses"
+    other.mkdir(mode=0o755)
+    os.chmod(other, 0o755)
+    if os.geteuid() == 0:
+        os.chown(other, 65534, 65534)  # nobody's, empty
+        r = run_cli("keys", str(other))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "belongs to" in r.stderr, r.stderr
+        assert stat.S_IMODE(other.stat().st_mode) == 0o755 and os.listdir(other) == []
+    link = tmp_path / "link"
+    link.symlink_to(theirs)
+    r = run_cli("keys", str(link))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "symbolic link" in r.stderr, r.stderr
+
+    # what it may use: a new folder (made 700), an empty folder of one's own, a folder `keys` made
+    for folder in (tmp_path / "new" / "keys", tmp_path / "empty"):
+        if folder.name == "empty":
+            folder.mkdir(mode=0o755)
+        r = run_cli("keys", str(folder), "--client", "laptop")
+        assert r.returncode == 0, r.stderr
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert run_cli("keys", str(folder), "--client", "phone").returncode == 0  # a keys folder: used again
+        assert (folder / "clients" / "phone.key").is_file()
+    (tmp_path / "empty" / "clients" / "README").write_text("x")
+    r = run_cli("keys", str(tmp_path / "empty"), "--client", "tablet")
+    assert r.returncode == 2 and "README" in r.stderr and not (tmp_path / "empty" / "tablet.key_secret").exists()
+
+
+def test_listen_never_writes_a_publishers_control_characters(port):
+    """Issue 21 item 4: `--format text` wrote what a publisher put in a label, a class or a status field
+    straight to the terminal: escape sequences, CR, NUL, and newlines that forge whole lines. Every character
+    that is not printable is escaped now, in text and in JSON (json.dumps leaves DEL, C1 controls such as
+    CSI 0x9b and bidi overrides raw)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    evil = "a\x1b[2J\x1b]0;owned\x07\rb\x00c\n   9.99s  speech    FORGED\x7f\x9b31m\u202eZ\ud800"
+    msgs = [{"v": 1, "topic": "speech", "seq": 0, "t": 0.1, "label": evil, "score": 0.5,
+             "scores": {evil: 0.5, "no_speech": 0.5}},
+            {"v": 1, "topic": "status", "seq": 0, "t": 1.0, "state": evil, "steps": evil, "drops": {evil: 1},
+             "latency_ms": None},
+            {"v": 1, "topic": "status", "seq": 1, "t": 2.0, "state": "end", "steps": 1}]
+    for fmt in ("text", "json"):
+        pub = RawPublisher(port)
+        proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", endpoint, "--format", fmt,
+                                 "--until-end", "--timeout", "20"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            pub.wait_subscribed()
+            for m in msgs:  # the SUB's filter is in place: its subscription arrived
+                pub.sock.send_multipart([m["topic"].encode(), json.dumps(m).encode()])
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            pub.close()
+        assert proc.returncode == 0, err
+        text = out.decode("utf-8")
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) == len(msgs) + 1, text  # one line per message, no forged ones
+        assert all(line.isprintable() for line in lines), text
+        if fmt == "text":
+            assert "a\\x1b[2J\\x1b]0;owned\\x07\\rb\\x00c\\n" in lines[0] and "\\x7f\\x9b31m\\u202eZ" in lines[0]
+        else:
+            assert [json.loads(line) for line in lines[:-1]] == msgs  # the same values, escaped as JSON
+
+
+def _lines_of(stream, into: "queue.Queue[str]") -> None:
+    for line in iter(stream.readline, ""):
+        into.put(line)
+
+
+def _wait_line(lines, pred, timeout_s: float, seen: list[str]) -> str:
+    """The first line (from a reader thread's queue) that pred accepts, within timeout_s; every line read is
+    kept in `seen`."""
+    import queue
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        seen.append(line)
+        if pred(line):
+            return line
+    pytest.fail(f"no such line within {timeout_s} s; got {seen}")
+
+
+def _listen(*args: str):
+    """`actstream listen ARGS` in a child process, its stdout and stderr read line by line by threads."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "listen", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    out, err = queue.Queue(), queue.Queue()
+    for stream, q in ((proc.stdout, out), (proc.stderr, err)):
+        threading.Thread(target=_lines_of, args=(stream, q), daemon=True).start()
+    return proc, out, err
+
+
+def test_listen_reconnects_after_a_frame_over_its_cap_drops_the_connection(port):
+    """Issue 21 item 3: one frame over listen's 65 KiB cap made its SUB drop the connection, and ZeroMQ never
+    connects again after such a (protocol) error: the publisher saw an unsubscribe and never a new subscribe,
+    and listen printed nothing more while the publisher sent. Now it says so, connects and subscribes again."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = RawPublisher(port)
+    proc, out, err = _listen(endpoint, "--count", "2")
+    seen_out: list[str] = []
+    try:
+        pub.wait_subscribed()
+        first = {"v": 1, "topic": "speech", "seq": 0, "t": 0.1, "label": "speech", "score": 0.9, "scores": {}}
+        pub.sock.send_multipart([b"speech", json.dumps(first).encode()])
+        assert json.loads(_wait_line(out, lambda _: True, 20, seen_out))["seq"] == 0
+        pub.sock.send_multipart([b"speech", b"x" * (70 * 1024)])  # over the cap: the SUB drops the connection
+        assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x00"  # its unsubscribe
+        assert pub.sock.poll(10_000), "listen never subscribed again"
+        assert pub.sock.recv() == b"\x01"
+        pub.sock.send_multipart([b"speech", json.dumps({**first, "seq": 1, "t": 0.2}).encode()])
+        assert json.loads(_wait_line(out, lambda _: True, 20, seen_out))["seq"] == 1
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pub.close()
+    said: list[str] = []
+    line = _wait_line(err, lambda x: "dropped" in x, 5, said)
+    assert endpoint in line and "reconnect 1" in line, said
+
+
+def test_subscribe_reconnects_a_connection_that_stays_silent(port, caplog):
+    """Issue 21 item 3: a connection that completed its handshake and then carries nothing for silence_s is
+    made anew (a publisher that lost our subscription, a half-open TCP connection); the client says so and
+    counts it (SeqTracker.reconnects)."""
+    import logging
+    import queue
+    import threading
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = RawPublisher(port)
+    tracker = SeqTracker()
+    got: "queue.Queue[dict]" = queue.Queue()
+
+    def consume():
+        for msg in subscribe(endpoint, ["speech"], timeout_s=15, tracker=tracker, silence_s=0.5):
+            got.put(msg)
+            return
+
+    with caplog.at_level(logging.WARNING, logger="actstream.stream.client"):
+        th = threading.Thread(target=consume, daemon=True)
+        th.start()
+        try:
+            pub.wait_subscribed()
+            assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x00speech"  # the silent connection, closed
+            assert pub.sock.poll(10_000) and pub.sock.recv() == b"\x01speech"  # and subscribed again
+            msg = {"v": 1, "topic": "speech", "seq": 5, "t": 0.6, "label": "speech", "score": 0.9, "scores": {}}
+            pub.sock.send_multipart([b"speech", json.dumps(msg).encode()])
+            assert got.get(timeout=10)["seq"] == 5
+            th.join(10)
+        finally:
+            pub.close()
+    assert tracker.reconnects == 1
+    assert f"no message from {endpoint} for 0.5 s" in caplog.text and "subscribing again" in caplog.text
+
+
+def test_listen_health_check_fails_without_a_publisher(port):
+    """Issue 24 item 1: the README's health check could not fail: with no publisher, `listen --count 1
+    --timeout S` printed nothing and exited 0. Now: exit 1 and one line naming the endpoint."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    r = run_cli("listen", endpoint, "--topic", "status", "--count", "1", "--timeout", "2", timeout=30)
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("actstream: error: no message from " + endpoint), r.stderr
+    assert "within 2 s" in r.stderr and "status" in r.stderr
+    # with a publisher, the late joiner's welcome answers it at once
+    pub = Publisher(endpoint, None, "test", "m@0")
+    try:
+        pub.publish("status", 1.0, 1.0, "running", None, {}, state="running", steps=10)
+        wait_forwarded(pub)
+        r = run_cli("listen", endpoint, "--topic", "status", "--count", "1", "--timeout", "5", timeout=30)
+    finally:
+        pub.close(linger_ms=0)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert json.loads(r.stdout)["state"] == "running"
+
+
+def test_listen_says_what_it_waits_for(port):
+    """Issue 24 item 1: without --timeout, listen against a missing publisher waited in silence forever; it
+    says after a few seconds that it is still waiting, and for which endpoint."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc, _, err = _listen(endpoint, "--topic", "speech")
+    try:
+        said: list[str] = []
+        line = _wait_line(err, lambda x: "still waiting" in x, 20, said)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line.startswith(f"actstream: WARNING: no message from {endpoint} for 5 s (topic speech)"), line
+    assert "no publisher has answered" in line, line
+
+
+def test_keys_prints_the_paths_it_wrote_one_per_line(tmp_path):
+    """Issue 21 item 6: the paths a command prints are shown escaped too: a folder name with a newline and an
+    escape sequence stays one line per file and reaches the terminal as text."""
+    r = run_cli("keys", str(tmp_path / "k\n\x1b[2Jeys"))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and all(x.isprintable() and "k\\n\\x1b[2Jeys" in x for x in lines), r.stdout
+
+
+def test_subscribe_reads_what_arrived_before_a_publisher_left(port):
+    """ZeroMQ reports a dropped connection on the monitor before it hands over the last messages read with
+    it; a client that closed its socket at the event lost them (seen: 5 of 30 runs). The socket stays open
+    until it is made anew, so a publisher that sends and leaves at once is heard in full."""
+    import threading
+
+    from tests.conftest import free_port
+
+    for run in range(20):
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        ctx = zmq.Context()
+        pub = ctx.socket(zmq.XPUB)
+        pub.bind(endpoint)
+        got: list[dict] = []
+
+        def consume():
+            for msg in subscribe(endpoint, timeout_s=5, silence_s=None):
+                got.append(msg)
+                if len(got) == 50:
+                    return
+
+        th = threading.Thread(target=consume, daemon=True)
+        th.start()
+        assert pub.poll(10_000)
+        pub.recv()
+        for k in range(50):
+            pub.send_multipart([b"speech", json.dumps({"topic": "speech", "seq": k}).encode()])
+        pub.close(linger=1000)  # sent, and gone
+        ctx.term()
+        th.join(10)
+        assert [m["seq"] for m in got] == list(range(50)), (run, len(got))

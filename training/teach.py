@@ -116,13 +116,15 @@ def _folder_items(path: Path) -> list[Item]:
                 if f.suffix.lower() not in MEDIA:
                     continue
                 if len(items) >= MAX_ITEMS:
-                    raise ConfigError(f"{path}: more than {MAX_ITEMS} recordings: train on a smaller dataset")
+                    raise ConfigError(f"{shown_path(path)}: more than {MAX_ITEMS} recordings: train on a smaller "
+                                      f"dataset")
                 if len(sub.name) > MAX_LABEL:
-                    raise ConfigError(f"{sub}: a class folder name of {len(sub.name)} characters: expected at "
-                                      f"most {MAX_LABEL} (it becomes the class label)")
+                    raise ConfigError(f"{shown_path(sub)}: a class folder name of {len(sub.name)} characters: "
+                                      f"expected at most {MAX_LABEL} (it becomes the class label)")
                 items.append(Item(_media_file(f, str(sub)), sub.name, _group_of(f)))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot be listed ({exc.strerror}: {exc.filename}): check its permissions") from exc
+        raise ConfigError(f"{shown_path(path)}: cannot be listed ({exc.strerror}: {exc.filename}): check its "
+                          f"permissions") from exc
     return items
 
 
@@ -135,11 +137,11 @@ def read_dataset(path: str | Path) -> list[Item]:
     elif path.is_dir():
         items = _folder_items(path)
     else:
-        raise ConfigError(f"{path}: not a dataset folder or manifest CSV: expected a folder with one subfolder "
-                          f"per class, or a CSV with columns path,label[,start,end][,group]")
+        raise ConfigError(f"{shown_path(path)}: not a dataset folder or manifest CSV: expected a folder with one "
+                          f"subfolder per class, or a CSV with columns path,label[,start,end][,group]")
     classes = sorted({i.label for i in items})
     if len(classes) < 2:
-        raise ConfigError(f"{path}: found {len(items)} recording(s) in {len(classes)} class(es): "
+        raise ConfigError(f"{shown_path(path)}: found {len(items)} recording(s) in {len(classes)} class(es): "
                           f"need at least two classes to learn to tell apart")
     return items
 
@@ -156,51 +158,82 @@ def _encoder_key(spec: ModelSpec) -> dict:
     return key
 
 
-def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) -> dict[str, np.ndarray]:
-    """Per-step embeddings of one recording through the run-time path (FileSource, front end, engines),
-    cached on disk under the engine cache by the file's hash and everything that shapes them."""
-    key = key_digest({"file": file_digest(item.path), "start": item.start, "end": item.end, "flip": flip,
-                      **_encoder_key(spec)})
-    path = cache_dir() / "embeddings" / f"{key}.npz"
+def _cached(key: dict, spec: ModelSpec, compute) -> dict[str, np.ndarray]:
+    """Per-step embeddings cached on disk under the engine cache by `key` (what shapes them): loaded when
+    there, else computed by compute() and stored (written whole, then renamed)."""
+    path = cache_dir() / "embeddings" / f"{key_digest(key)}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
                 return {m: z[m] for m in spec.dims}
         except (OSError, ValueError, KeyError):
             log.warning("rebuilding unreadable embedding cache file %s", path)
-    src = FileSource(item.path, sample_rate=spec.audio.sample_rate if spec.audio else 16000,
-                     window_samples=spec.audio.window_samples if spec.audio else 1,
-                     use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
-    try:
-        if "audio" in spec.modalities and not src.has_audio_track:
-            raise SourceError(f"{item.path}: has no audio, but arch {spec.arch} needs audio")
-        if "video" in spec.modalities and not src.has_video_track:
-            raise SourceError(f"{item.path}: has no video, but arch {spec.arch} needs video")
-        out: dict[str, list] = {m: [] for m in spec.dims}
-        state, times = VideoState(), StageTimes()
-        prepare = Prepare(spec, engines, spec.step_ms, times)  # the step core's front end and encoders
-        for step in steps(src, spec.step_ms):
-            if item.end is not None and step.t > item.end:
-                break
-            if item.start is not None and step.t < item.start:
-                continue
-            frame = step.snap.frame
-            if flip and frame is not None:
-                frame = np.ascontiguousarray(frame[:, ::-1])
-            embs = encode(spec, engines, times, prepare([Snapshot(step.t, frame, step.snap.audio, 0.0,
-                                                                      step.snap.frame_t)]), state)
-            for m, e in embs.items():
-                out[m].append(e[0])
-    finally:
-        src.close()
-    if not out[next(iter(spec.dims))]:
-        raise SourceError(f"{item.path}: gave no steps (shorter than {spec.step_ms} ms, or start/end outside it)")
-    arrays = {m: np.stack(v).astype(np.float32) for m, v in out.items()}
+    arrays = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
     return arrays
+
+
+def _embed_snapshots(snaps, spec: ModelSpec, engines) -> dict[str, np.ndarray]:
+    """Per-step embeddings of one stream's snapshots through the step core's front end and encoders."""
+    out: dict[str, list] = {m: [] for m in spec.dims}
+    state, times = VideoState(), StageTimes()
+    prepare = Prepare(spec, engines, spec.step_ms, times)
+    for snap in snaps:
+        for m, e in encode(spec, engines, times, prepare([snap]), state).items():
+            out[m].append(e[0])
+    return {m: np.stack(v).astype(np.float32) for m, v in out.items() if v}
+
+
+def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) -> dict[str, np.ndarray]:
+    """Per-step embeddings of one recording through the run-time path (FileSource, front end, engines),
+    cached on disk under the engine cache by the file's hash and everything that shapes them."""
+    key = {"file": file_digest(item.path), "start": item.start, "end": item.end, "flip": flip, **_encoder_key(spec)}
+
+    def compute():
+        src = FileSource(item.path, sample_rate=spec.audio.sample_rate if spec.audio else 16000,
+                         window_samples=spec.audio.window_samples if spec.audio else 1,
+                         use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
+        try:
+            if "audio" in spec.modalities and not src.has_audio_track:
+                raise SourceError(f"{shown_path(item.path)}: has no audio, but arch {spec.arch} needs audio")
+            if "video" in spec.modalities and not src.has_video_track:
+                raise SourceError(f"{shown_path(item.path)}: has no video, but arch {spec.arch} needs video")
+
+            def snaps():
+                for step in steps(src, spec.step_ms):
+                    if item.end is not None and step.t > item.end:
+                        return
+                    if item.start is not None and step.t < item.start:
+                        continue
+                    frame = step.snap.frame
+                    if flip and frame is not None:
+                        frame = np.ascontiguousarray(frame[:, ::-1])
+                    yield Snapshot(step.t, frame, step.snap.audio, 0.0, step.snap.frame_t)
+
+            arrays = _embed_snapshots(snaps(), spec, engines)
+        finally:
+            src.close()
+        if len(arrays) < len(spec.dims):
+            raise SourceError(f"{shown_path(item.path)}: gave no steps (shorter than {spec.step_ms} ms, or start/end "
+                              f"outside it)")
+        return arrays
+
+    return _cached(key, spec, compute)
+
+
+def frames_embeddings(frames, name: dict, spec: ModelSpec, engines) -> dict[str, np.ndarray]:
+    """Per-step embeddings of frames made in memory (training's synthesized clips: one frame per step, at the
+    step times), cached like a recording's by `name` (what made the frames) and the encoders."""
+    step_s = spec.step_ms / 1000.0
+
+    def compute():
+        return _embed_snapshots((Snapshot((i + 1) * step_s, f, None, 0.0, (i + 1) * step_s)
+                                 for i, f in enumerate(frames())), spec, engines)
+
+    return _cached({"frames": name, **_encoder_key(spec)}, spec, compute)
 
 
 def motion_features(spec: ModelSpec, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -340,18 +373,19 @@ def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: st
     out_real = Path(out).resolve()
     data_path = Path(data)
     if out_real == data_path.resolve():
-        raise ConfigError(f"--out {out}: is the dataset folder {data}: write the model to a folder of its own")
+        raise ConfigError(f"--out {shown_path(out)}: is the dataset folder {shown_path(data)}: write the model to a "
+                          f"folder of its own")
     items = read_dataset(data)
     for folder in sorted({i.path.parent for i in items}):
         if out_real == folder.resolve():
             item = next(i for i in items if i.path.parent == folder)
-            raise ConfigError(f"--out {out}: holds the recording {item.path}: write the model to a folder of "
-                              f"its own, outside the dataset")
+            raise ConfigError(f"--out {shown_path(out)}: holds the recording {shown_path(item.path)}: write the model "
+                              f"to a folder of its own, outside the dataset")
     _probe_tracks(items, arch)
     base_spec = load_spec(base)
     if base_spec.folder is not None and out_real == base_spec.folder.resolve():
-        raise ConfigError(f"--out {out}: is the folder of --base {base}, whose audio CNN this model reuses: "
-                          f"write the new model to another folder")
+        raise ConfigError(f"--out {shown_path(out)}: is the folder of --base {shown_path(base)}, whose audio CNN this "
+                          f"model reuses: write the new model to another folder")
     return items, base_spec
 
 

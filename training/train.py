@@ -31,10 +31,14 @@ from actstream.stream.frontend import step_windows
 
 from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, open_engines, save_model
 from actstream.training.fit import class_weights, fit_temporal, plot_history
-from actstream.training.data import (ACTION_CLASSES, ACTIVITY_CLASSES, SPEECH_CLASSES, STILL, Clip, make_timeline,
-                                     shared_action_rows, shared_clips)
-from actstream.training.teach import (MODALITY_DROPOUT, Item, cached_dims, choose_mirror, item_embeddings,
-                                      motion_features, teach_pieces)
+from actstream.engines.cache import file_digest
+from actstream.stream.sources import FileSource
+from actstream.stream.steps import steps
+from actstream.training import negatives
+from actstream.training.data import (ACTION_CLASSES, ACTIVITY_CLASSES, OTHER, SPEECH_CLASSES, STILL, Clip,
+                                     make_timeline, shared_action_rows, shared_clips)
+from actstream.training.teach import (MODALITY_DROPOUT, Item, cached_dims, choose_mirror, frames_embeddings,
+                                      item_embeddings, motion_features, teach_pieces)
 
 log = logging.getLogger(__name__)
 
@@ -187,17 +191,20 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
                           progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
     history = fitted.pop("history")
     best_m = fitted
-    card = {"version": 3, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
+    card = {"version": 4, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
             "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
                     "DCASE2016 task 2 folds 1-4 (audio heads); Weizmann daria/denis/eli/ido, PS7 P1, KTH "
-                    "person01/person03 boxing, held frames of each for still (action head)",
+                    "person01/person03 (boxing, hand-clapping, jogging as other), and clips made from them "
+                    "(training/negatives.py: people at rest for still, quarter turns and generated motion for "
+                    "other) (action head)",
             "validation": "DCASE fold4, FSDD nicolas, 10% of LibriSpeech train speakers (by speaker); the action "
                           "head has no validation split (its figures are on the test people, docs/eval_report.json)",
             "never_used": "LibriSpeech test-other, DCASE fold5, FSDD theo/yweweler, Weizmann ira/lena, PS7 P2, "
-                          "KTH person04",
+                          "KTH person04, GRID, mmaction2 samples",
             "head_data": {"speech": "LibriSpeech, FSDD, DCASE speech vs the rest", "activity": "DCASE events, "
                           "speaking, quiet", "action": f"Weizmann (10 actions), PS7 (arms_up_front, arms_up_side; "
-                          f"wave as wave1), KTH (boxing), still; mirrored: {video.mirrored}"},
+                          f"wave as wave1), still (people at rest, held frames), other (KTH's actions, turned "
+                          f"recordings, generated motion); mirrored: {video.mirrored}"},
             "validation_metrics": best_m, "train_seconds": round(time.time() - t_start, 1),
             "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"}
     spec = dataclasses.replace(spec, card=card)
@@ -242,18 +249,34 @@ class _ActionData:
 
 
 STILL_STEPS = 40  # a held frame's piece: 4 s
+REST_PER_RECORDING = 2  # clips of a person at rest made from frames of each training recording (`still`)
+REST_STEPS = 50
+SHAPES_CLIPS, SHAPES_STEPS = 40, 50  # clips of generated motion without a person (`other`)
+
+
+def _recording_frames(path: Path, step_ms: int) -> list[np.ndarray]:
+    """A recording's frames as the step path takes them (the newest at each step)."""
+    src = FileSource(path, use_audio=False, use_video=True)
+    try:
+        return [s.snap.frame for s in steps(src, step_ms) if s.snap.frame is not None]
+    finally:
+        src.close()
 
 
 def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
     """The video training splits through the run-time path (FileSource, front end, EfficientNet-Lite0, flow),
-    cached; mirrored where no two classes move opposite ways; and, per recording, its middle frame held still
-    (appearance without motion: the flow is zeros, as a still scene gives) for `still`."""
+    cached; mirrored where no two classes move opposite ways; per recording its middle frame held still
+    (appearance without motion: the flow is zeros, as a still scene gives) and clips of its people at rest
+    (training/negatives.py) for `still`; a quarter turn of each recording of a class, and generated motion,
+    for `other`."""
     spec = ModelSpec(name="default-action", arch="video_lstm", heads={"action": ACTION_CLASSES},
                      video=VideoFeatures(), motion=True, flow=FlowFeatures())
     items = [Item(path, label, person) for path, label, person, _ in shared_action_rows(data_root)]
     engines = open_engines(spec, "onnxruntime")
     for encoder in engines.encoders.values():
         encoder.load()
+    still, other = ACTION_CLASSES.index(STILL), ACTION_CLASSES.index(OTHER)
+    made: list[tuple[dict, int]] = []  # synthesized clips: (embeddings, class)
     try:
         embs = []
         for n, item in enumerate(items):
@@ -263,6 +286,27 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
         mirrored, why = choose_mirror("auto", spec, items, [v[0] for v in embs])
         for n, item in enumerate(items if mirrored else []):
             embs[n].append(item_embeddings(item, spec, engines, flip=True))
+        for n, item in enumerate(items):
+            digest = file_digest(item.path)
+            frames = lambda path=item.path: _recording_frames(path, spec.step_ms)  # noqa: E731
+            for j in range(REST_PER_RECORDING):
+                def rest(digest=digest, j=j, frames=frames):
+                    rng = np.random.default_rng([j, int(digest[:8], 16)])
+                    got = frames()
+                    return negatives.rest_frames(got[int(rng.integers(len(got)))], rng, REST_STEPS)
+                made.append((frames_embeddings(rest, {"rest": digest, "j": j, "rev": negatives.REVISION},
+                                               spec, engines), still))
+            if item.label != OTHER:
+                turn = int(digest[:8], 16) % 2 == 1
+                made.append((frames_embeddings(lambda frames=frames, turn=turn: negatives.rotated(frames(), turn),
+                                               {"rotated": digest, "clockwise": turn, "rev": negatives.REVISION},
+                                               spec, engines), other))
+            if progress:
+                progress("clips at rest and turned", n + 1, len(items))
+        for j in range(SHAPES_CLIPS):
+            made.append((frames_embeddings(lambda j=j: negatives.shapes_frames(np.random.default_rng([7, j]),
+                                                                                SHAPES_STEPS),
+                                           {"shapes": j, "rev": negatives.REVISION}, spec, engines), other))
     finally:
         engines.close()
     labels = [ACTION_CLASSES.index(i.label) for i in items]
@@ -270,10 +314,13 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
         held = v[0]["video"][len(v[0]["video"]) // 2]
         embs.append([{"video": np.repeat(held[None], STILL_STEPS, 0),
                       "flow": np.zeros((STILL_STEPS, spec.flow.pair_dim), np.float32)}])
-        labels.append(ACTION_CLASSES.index(STILL))
+        labels.append(still)
+    for e, label in made:
+        embs.append([e])
+        labels.append(label)
     labels = np.array(labels)
     pool = [[k for k in range(len(labels)) if labels[k] == c] for c in range(len(ACTION_CLASSES))]
-    log.info("action head: %d recordings, mirrored: %s", len(items), why)
+    log.info("action head: %d recordings, %d synthesized clips, mirrored: %s", len(items), len(made), why)
     return _ActionData(spec, embs, labels, [p for p in pool if p], why)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from actstream.common.errors import OutputError
+from actstream.common.files import shown_path
 
 FPS = 25
 MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".wav": "wav", ".flac": "flac"}
@@ -292,7 +293,7 @@ class MediaWriter:
             got = read_span(self.tmp)
         except Exception as exc:
             self.tmp.unlink(missing_ok=True)
-            raise OutputError(f"{self.path}: the written file cannot be read back ({exc}): it was removed") from exc
+            raise OutputError(f"{shown_path(self.path)}: the written file cannot be read back ({exc}): it was removed") from exc
         # a lossy codec pads its last frame; PCM and FLAC give back exactly what went in
         lossless = self._as is None or self._as.codec_context.name == "flac" or \
             self._as.codec_context.name.startswith("pcm_")
@@ -300,7 +301,7 @@ class MediaWriter:
         problems = differences(got, want, slack, self._as.rate if self._as is not None else None)
         if problems:
             self.tmp.unlink(missing_ok=True)
-            raise OutputError(f"{self.path}: the written file is not what went in ({'; '.join(problems)}): it was "
+            raise OutputError(f"{shown_path(self.path)}: the written file is not what went in ({'; '.join(problems)}): it was "
                               f"removed; write .mkv or .mp4 (a container that keeps each frame's time), and "
                               f"report it if that was one")
         self.span = got

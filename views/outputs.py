@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from actstream.common.errors import ConfigError
+from actstream.common.files import shown_path
 
 MAX_FOLDER_FILES = 10_000  # files of an input folder (a model folder) compared against the outputs
 _DEV_FULL = os.makedev(1, 7)  # Linux /dev/full: every write fails with ENOSPC
@@ -47,46 +48,51 @@ def folder_inputs(folder: str | Path | None) -> list[str]:
 
 def _check_parent(flag: str, path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path)) or "/"
+    shown, parent_shown = shown_path(path), shown_path(parent)
     if not os.path.exists(parent):
-        raise ConfigError(f"{flag} {path}: folder {parent} does not exist: create it first or choose another path")
+        raise ConfigError(f"{flag} {shown}: folder {parent_shown} does not exist: create it first or choose another "
+                          f"path")
     if not os.path.isdir(parent):
-        raise ConfigError(f"{flag} {path}: {parent} is not a folder: choose a path inside a folder")
+        raise ConfigError(f"{flag} {shown}: {parent_shown} is not a folder: choose a path inside a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: folder {parent} is not writable: choose a writable folder")
+        raise ConfigError(f"{flag} {shown}: folder {parent_shown} is not writable: choose a writable folder")
 
 
 def check_output_file(flag: str, path: str, regular_only: bool) -> None:
     """One output file: its folder exists and is writable; the path is not a folder; it is a regular file (or
     does not exist yet), or for regular_only=False also a pipe, FIFO or terminal (--out /dev/stdout)."""
+    shown = shown_path(path)
     if not path or "\0" in path:
-        raise ConfigError(f"{flag} {path!r}: is empty or contains a NUL character: choose another path")
+        raise ConfigError(f"{flag} {shown}: is empty or contains a NUL character: choose another path")
     if os.path.isdir(path):
-        raise ConfigError(f"{flag} {path}: is a folder: give a file name, e.g. {os.path.join(path, 'out')}")
+        raise ConfigError(f"{flag} {shown}: is a folder: give a file name, e.g. "
+                          f"{shown_path(os.path.join(path, 'out'))}")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         _check_parent(flag, path)
         return
     except OSError as exc:
-        raise ConfigError(f"{flag} {path}: cannot be used ({exc.strerror}): choose another path") from exc
+        raise ConfigError(f"{flag} {shown}: cannot be used ({exc.strerror}): choose another path") from exc
     if stat.S_ISREG(st.st_mode):
         if not os.access(path, os.W_OK):
-            raise ConfigError(f"{flag} {path}: the file is not writable: choose another path")
+            raise ConfigError(f"{flag} {shown}: the file is not writable: choose another path")
         return
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == _DEV_FULL:
-        raise ConfigError(f"{flag} {path}: is /dev/full, which fails every write: choose a file")
+        raise ConfigError(f"{flag} {shown}: is /dev/full, which fails every write: choose a file")
     if regular_only:
-        raise ConfigError(f"{flag} {path}: is not a regular file (a device, pipe or socket): "
+        raise ConfigError(f"{flag} {shown}: is not a regular file (a device, pipe or socket): "
                           f"it writes a file, choose a file path")
     if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
-        raise ConfigError(f"{flag} {path}: is not a file, pipe or terminal: choose a file path")
+        raise ConfigError(f"{flag} {shown}: is not a file, pipe or terminal: choose a file path")
 
 
 def check_output_folder(flag: str, path: str | Path) -> None:
     """An output folder (made with its parents if missing): not a file, inside something writable."""
     path = str(path)
+    shown = shown_path(path)
     if "\0" in path:
-        raise ConfigError(f"{flag} {path!r}: contains a NUL character: choose another path")
+        raise ConfigError(f"{flag} {shown}: contains a NUL character: choose another path")
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         up = os.path.dirname(probe)
@@ -94,10 +100,10 @@ def check_output_folder(flag: str, path: str | Path) -> None:
             break
         probe = up
     if not os.path.isdir(probe):
-        what = "is a file" if probe == os.path.abspath(path) else f"is inside {probe}, which is a file"
-        raise ConfigError(f"{flag} {path}: {what}, not a folder: choose a folder path")
+        what = "is a file" if probe == os.path.abspath(path) else f"is inside {shown_path(probe)}, which is a file"
+        raise ConfigError(f"{flag} {shown}: {what}, not a folder: choose a folder path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {path}: {probe} is not writable: choose a writable folder")
+        raise ConfigError(f"{flag} {shown}: {shown_path(probe)} is not writable: choose a writable folder")
 
 
 def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | list | None],
@@ -116,17 +122,18 @@ def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str |
         if path is None:
             continue
         path = str(path)
+        shown = shown_path(path)
         check_output_file(flag, path, flag in regular_only)
         real, ino = _ident(path)
         for what, p, ireal, iino in ins:
             if real == ireal or (ino is not None and ino == iino):
-                raise ConfigError(f"{flag} {path}: is the same file as {what} {p}: writing it would destroy "
-                                  f"the input: choose another output path")
+                raise ConfigError(f"{flag} {shown}: is the same file as {what} {shown_path(p)}: writing it would "
+                                  f"destroy the input: choose another output path")
         for key in (real, ino):
             if key is not None and key in seen:
-                raise ConfigError(f"{flag} {path}: is the same file as {seen[key]}: give each output its own path")
+                raise ConfigError(f"{flag} {shown}: is the same file as {seen[key]}: give each output its own path")
         if not os.path.exists(path) or os.path.isfile(path):
             # a pipe or terminal (--out /dev/stdout) may be shared on purpose; a file may not
-            seen[real] = f"{flag} {path}"
+            seen[real] = f"{flag} {shown}"
             if ino is not None:
-                seen[ino] = f"{flag} {path}"
+                seen[ino] = f"{flag} {shown}"

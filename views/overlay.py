@@ -139,6 +139,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     import av
 
     from actstream.common.errors import SourceError
+    from actstream.common.files import shown_path
+    from actstream.stream.orientation import video_orientation
     from actstream.views.mediafile import MediaWriter
     from actstream.stream.sources import _open_container, _start_time
 
@@ -149,7 +151,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
     container = _open_container(Path(video))
     try:
         if not container.streams.video:
-            raise SourceError(f"{video}: has no video track to annotate: use --plot for audio-only recordings")
+            raise SourceError(f"{shown_path(video)}: has no video track to annotate: use --plot for audio-only "
+                              f"recordings")
         vstream = container.streams.video[0]
         astream = container.streams.audio[0] if container.streams.audio else None
         fps = float(vstream.average_rate or 25)
@@ -157,8 +160,15 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
         tb = vstream.time_base
         zero = int(round(t0 / tb))
         if not (vstream.codec_context.width and vstream.codec_context.height):
-            raise SourceError(f"{video}: its video track declares no frame size: cannot annotate it")
-        w, h = image_size((vstream.codec_context.height, vstream.codec_context.width))
+            raise SourceError(f"{shown_path(video)}: its video track declares no frame size: cannot annotate it")
+        # upright as replay saw it: the rotation the container declares (read from a first frame of its own)
+        probe = _open_container(Path(video))
+        try:
+            orientation, _ = video_orientation(Path(video), probe, probe.streams.video[0])
+        finally:
+            probe.close()
+        stored = (vstream.codec_context.height, vstream.codec_context.width)
+        w, h = image_size(stored[::-1] if orientation.turns else stored)
         size = ((w + PANEL_W) // 2 * 2, max(h, panel_height(final)) // 2 * 2)
         state, k = OverlayState(), 0
         last = end = None  # the last frame's pts in the output, and where it ends
@@ -169,7 +179,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError as exc:
-                    log.warning("%s: skipping an undecodable packet while annotating: %s", video, exc)
+                    log.warning("%s: skipping an undecodable packet while annotating: %s", shown_path(video), exc)
                     continue
                 for frame in frames:
                     if packet.stream is astream:
@@ -179,7 +189,7 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
                     while k < len(timed) and timed[k]["t"] <= t + 1e-6:
                         state.update(timed[k])
                         k += 1
-                    img = render(frame.to_ndarray(format="bgr24"), state, size[1])
+                    img = render(orientation.apply(frame.to_ndarray(format="bgr24")), state, size[1])
                     if img.shape[0] >= size[1] and img.shape[1] >= size[0]:
                         img = img[:size[1], :size[0]]  # even sizes for yuv420p
                     else:  # a frame smaller than the track's declared size

@@ -18,6 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from actstream.common.errors import ConfigError, OutputError, SourceError
+from actstream.common.files import shown_path
 from actstream.engines.bundle import MAX_LABEL_CHARS
 from actstream.views.mediafile import TIME_TOLERANCE_S, MediaWriter, Span
 from actstream.views.stamping import AudioPlacement, AudioPlacer, VideoStamps
@@ -90,7 +91,8 @@ def record(dataset: str | Path, label: str, seconds: float, camera: str, mic: st
     check_output_folder("--dataset", dataset)
     folder = dataset / label
     if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--label {label}: {folder} is a file, not a folder: move it or choose another label")
+        raise ConfigError(f"--label {label}: {shown_path(folder)} is a file, not a folder: move it or choose another "
+                          f"label")
     cam = CameraCapture(camera, 2, time.time(), stall_s=stall_s) if camera != "none" else None
     if cam is not None:
         cam.tap = FrameQueue()
@@ -223,7 +225,7 @@ class _Session:
                             f"placed")
         if problems:
             self.writer.path.unlink(missing_ok=True)
-            raise OutputError(f"{self.writer.path}: the recording does not hold what was captured "
+            raise OutputError(f"{shown_path(self.writer.path)}: the recording does not hold what was captured "
                               f"({'; '.join(problems)}): it was removed; please report it")
         rec = Recording(self.writer.path, self.seconds, got, self.stamps.kept, self.stamps.rate(),
                         self.stamps.longest_ms, self.placer.done if self.placer else None)
