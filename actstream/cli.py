@@ -221,17 +221,22 @@ def _num(x, spec: str = ".2f") -> str:
 
 def _format_text(msg: dict) -> str:
     t = _num(msg.get("t"), "8.2f")
-    if msg.get("topic") == "status":
+    stream = f"{msg['stream']}  " if isinstance(msg.get("stream"), str) else ""  # a stream of `serve`
+    topic = msg.get("head", msg.get("topic"))
+    if topic == "status" and "streams" in msg:  # `serve`'s own status: its streams and ticks
+        return (f"{t}s  status    {msg.get('state')}: {len(msg['streams'])} streams, {msg.get('ticks')} ticks, "
+                f"late {msg.get('late_ticks')}, batch {msg.get('batch')}")
+    if topic == "status":
         lat = msg.get("latency_ms")
         lat_s = f" latency p99 {_num(lat.get('p99'), '.1f')} ms" if isinstance(lat, dict) else ""
-        return (f"{t}s  status    {msg.get('state')}: {msg.get('steps')} steps, "
+        return (f"{t}s  {stream}status    {msg.get('state')}: {msg.get('steps')} steps, "
                 f"{_num(msg.get('steps_per_s', 0), '.1f')} steps/s, drops {msg.get('drops')}{lat_s}")
     scores = msg.get("scores")
     numeric = [(str(k), v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] \
         if isinstance(scores, dict) else []
     top = sorted(numeric, key=lambda kv: -kv[1])[:3]
     others = "  ".join(f"{k} {v:.2f}" for k, v in top)
-    return f"{t}s  {str(msg.get('topic')):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
+    return f"{t}s  {stream}{str(topic):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
 
 
 def _json_printable(text: str) -> str:
@@ -270,7 +275,8 @@ def cmd_listen(args) -> int:
     ended = False
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
-                             server_key=args.server_key, client_key=args.client_key, tracker=tracker):
+                             server_key=args.server_key, client_key=args.client_key, tracker=tracker,
+                             streams=args.stream or None):
             # a publisher's strings reach a terminal: no control character, escape sequence or forged line
             line = (_json_printable(json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
                     if args.format == "json" else escaped(_format_text(msg)))
@@ -674,7 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("listen", help="subscribe to a label stream and print one JSON object per line")
     ls.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556")
-    ls.add_argument("--topic", action="append", help="topic to receive (repeatable; default all)")
+    ls.add_argument("--topic", action="append", help="topic to receive (repeatable; default all): a head "
+                                                     "(speech, activity, action) or status; of `serve`, every "
+                                                     "stream's")
+    ls.add_argument("--stream", action="append", metavar="ID", help="of `actstream serve`: only this stream "
+                                                                    "(repeatable; default all)")
     ls.add_argument("--count", type=int, default=0, help="exit after N messages")
     ls.add_argument("--timeout", type=float, default=None, help="exit when nothing arrives for S seconds")
     ls.add_argument("--until-end", action="store_true", help="exit after the stream's final status message")
