@@ -21,6 +21,30 @@ from actstream.stream.pipeline import RunOptions, run_pipeline
 log = logging.getLogger("actstream")
 
 
+def _run(cfg: Config, source, opts: RunOptions):
+    """run_pipeline with SIGINT and SIGTERM stopping the run cleanly (the last labels and an `end` status
+    published, --out flushed): only the CLI installs signal handlers. --show adds the overlay window."""
+    import dataclasses
+    import signal
+    import threading
+
+    window = None
+    if opts.show:  # the overlay window (views/overlay.py): fed every message, drawn at every step
+        from actstream.views.overlay import Window
+
+        window = Window(f"actstream - {source.name}")
+        opts = dataclasses.replace(opts, listeners=(*opts.listeners, window.state.update), on_step=window.on_step)
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return run_pipeline(cfg, source, opts, stop)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if window is not None:
+            window.close()
+
+
 def _print_summary(summary) -> None:
     stages = ", ".join(f"{k} {v:.3f}" for k, v in summary.stage_ms.items())
     print(f"actstream: {summary.steps} steps, {summary.media_s:.1f} s of media in {summary.elapsed_s:.2f} s "
@@ -48,7 +72,7 @@ ANNOTATE_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v")
 def _check_run_outputs(cfg: Config, spec, outputs: dict, inputs: dict) -> None:
     """Before any work: no output on an input (the media, --config, the model folder's files, the keys folder)
     or on another output, and every output writable (stream/outputs.py)."""
-    from actstream.stream.outputs import check_outputs, folder_inputs
+    from actstream.views.outputs import check_outputs, folder_inputs
 
     keys = cfg.publish.keys or None
     check_outputs(outputs, {**inputs, "a file of the model folder": folder_inputs(spec.folder),
@@ -89,7 +113,7 @@ def cmd_replay(args) -> int:
                           f"{Path(args.annotate).suffix!r}: end the name with {', '.join(ANNOTATE_SUFFIXES)}")
     truth = None
     if args.truth:
-        from actstream.stream.plot import read_truth
+        from actstream.views.plot import read_truth
 
         truth = read_truth(args.truth)  # all of it checked now, not after the run
     audio = spec.audio
@@ -107,17 +131,17 @@ def cmd_replay(args) -> int:
         source.close()
         raise
     messages: list | None = [] if (args.plot or args.annotate) else None
-    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
+    summary = _run(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, cfg.replay.realtime,
                         virtual_epoch=source.creation_time, wait_subscriber_s=args.wait_subscriber,
                         lookahead=getattr(args, "lookahead", None), show=args.show, metrics_port=args.metrics_port,
                         collect=messages, listeners=_replay_progress(source.duration)))
     _print_summary(summary)
     if args.plot:
-        from actstream.stream.plot import plot_messages
+        from actstream.views.plot import plot_messages
 
         _written("--plot", args.plot, lambda: plot_messages(messages, args.plot, truth))
     if args.annotate:
-        from actstream.stream.overlay import annotate
+        from actstream.views.overlay import annotate
 
         _written("--annotate", args.annotate, lambda: annotate(args.path, messages, args.annotate))
     if getattr(args, "stats", None):
@@ -183,7 +207,7 @@ def cmd_live(args) -> int:
     audio = spec.audio
     source = LiveSource(camera, mic, audio.sample_rate if audio else 16000, audio.window_samples if audio else 1,
                         live.frame_ring, live.audio_ring_s, live.audio_block_ms, live.stall_s)
-    summary = run_pipeline(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, True,
+    summary = _run(cfg, source, RunOptions(_endpoint(args.publish, cfg), args.out, True,
                                                    max_seconds=live.seconds, show=args.show,
                                                    metrics_port=args.metrics_port))
     _print_summary(summary)
@@ -197,17 +221,22 @@ def _num(x, spec: str = ".2f") -> str:
 
 def _format_text(msg: dict) -> str:
     t = _num(msg.get("t"), "8.2f")
-    if msg.get("topic") == "status":
+    stream = f"{msg['stream']}  " if isinstance(msg.get("stream"), str) else ""  # a stream of `serve`
+    topic = msg.get("head", msg.get("topic"))
+    if topic == "status" and "streams" in msg:  # `serve`'s own status: its streams and ticks
+        return (f"{t}s  status    {msg.get('state')}: {len(msg['streams'])} streams, {msg.get('ticks')} ticks, "
+                f"late {msg.get('late_ticks')}, batch {msg.get('batch')}")
+    if topic == "status":
         lat = msg.get("latency_ms")
         lat_s = f" latency p99 {_num(lat.get('p99'), '.1f')} ms" if isinstance(lat, dict) else ""
-        return (f"{t}s  status    {msg.get('state')}: {msg.get('steps')} steps, "
+        return (f"{t}s  {stream}status    {msg.get('state')}: {msg.get('steps')} steps, "
                 f"{_num(msg.get('steps_per_s', 0), '.1f')} steps/s, drops {msg.get('drops')}{lat_s}")
     scores = msg.get("scores")
     numeric = [(str(k), v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)] \
         if isinstance(scores, dict) else []
     top = sorted(numeric, key=lambda kv: -kv[1])[:3]
     others = "  ".join(f"{k} {v:.2f}" for k, v in top)
-    return f"{t}s  {str(msg.get('topic')):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
+    return f"{t}s  {stream}{str(topic):<9} {str(msg.get('label')):<12} {_num(msg.get('score'))}   ({others})"
 
 
 def _json_printable(text: str) -> str:
@@ -246,7 +275,8 @@ def cmd_listen(args) -> int:
     ended = False
     try:
         for msg in subscribe(args.endpoint, topics=args.topic or None, timeout_s=args.timeout,
-                             server_key=args.server_key, client_key=args.client_key, tracker=tracker):
+                             server_key=args.server_key, client_key=args.client_key, tracker=tracker,
+                             streams=args.stream or None):
             # a publisher's strings reach a terminal: no control character, escape sequence or forged line
             line = (_json_printable(json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
                     if args.format == "json" else escaped(_format_text(msg)))
@@ -301,6 +331,74 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import signal
+    import threading
+
+    from actstream.stream.serve import Server, ServeOptions
+    from actstream.stream.streamsfile import check_unique, parse_stream_option, read_streams_file
+
+    cfg = _apply_common(load_config(args.config), args)
+    cfg = cfg.override("serve", control=args.control)
+    specs = read_streams_file(args.streams, cfg.serve.max_streams) if args.streams else []
+    specs = check_unique(specs + [parse_stream_option(v) for v in args.stream or []], "the streams given")
+    if len(specs) > cfg.serve.max_streams:
+        raise ConfigError(f"{len(specs)} streams given, more than serve.max_streams = {cfg.serve.max_streams}: "
+                          f"raise the limit in the config or split the streams over processes")
+    if args.seconds is not None and not (0 < args.seconds <= 1e9):
+        raise ConfigError(f"--seconds {args.seconds}: pass seconds above 0, or leave it out to run until stopped")
+    from actstream.engines.bundle import load_spec
+
+    spec = load_spec(cfg.model.path)
+    _check_run_outputs(cfg, spec, {"--out": args.out}, {"--config": args.config, "the streams file": args.streams,
+                                                        **{f"stream {s.id}": s.file for s in specs},
+                                                        **{f"stream {s.id} audio": s.audio for s in specs}})
+    control = None if cfg.serve.control == "none" else cfg.serve.control
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    try:
+        server = Server(cfg, ServeOptions(_endpoint(args.publish, cfg), args.out, args.seconds or 0.0, control), stop)
+        for s in specs:
+            server.add(s)
+        done = server.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.close()
+    steps = sum(r.steps for r in done.values())
+    print(f"actstream: served {len(done)} stream(s), {steps} steps", file=sys.stderr)
+    return 0
+
+
+def cmd_streams(args) -> int:
+    from actstream.stream.control import request
+    from actstream.stream.streamsfile import parse_stream_option
+
+    cfg = load_config(args.config)
+    endpoint = args.control or cfg.serve.control
+    if args.action == "add":
+        if not args.id_or_source:
+            raise ConfigError("streams add needs ID=SOURCE, e.g. door=http://10.0.0.7/cam.mjpg or lab=file:lab.mp4")
+        req = {"op": "add", "stream": parse_stream_option(args.id_or_source).to_dict()}
+    elif args.action == "remove":
+        if not args.id_or_source:
+            raise ConfigError("streams remove needs the stream's ID")
+        req = {"op": "remove", "id": args.id_or_source}
+    else:
+        req = {"op": "list"}
+    reply = request(endpoint, req, args.timeout, args.server_key, args.client_key)
+    if not reply.get("ok"):
+        raise ConfigError(f"{endpoint}: {reply.get('error', 'refused')}")
+    if args.action == "list":
+        for s in reply.get("streams", []):
+            print(json.dumps(s, separators=(",", ":"), ensure_ascii=False))
+    else:
+        print(f"{args.action} {reply.get('id')}: ok")
+    return 0
+
+
 def cmd_keys(args) -> int:
     from actstream.stream.security import make_keys
 
@@ -310,9 +408,9 @@ def cmd_keys(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from actstream.stream.demo import make_demo_sample
+    from actstream.views.demo import make_demo_sample
 
-    from actstream.stream.outputs import check_output_folder, check_outputs
+    from actstream.views.outputs import check_output_folder, check_outputs
 
     out_dir = Path(args.dir)
     check_output_folder("--dir", out_dir)
@@ -383,11 +481,34 @@ def cmd_build(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.streams:
+        return _bench_streams(args)
     from actstream.bench.run import run_bench
 
     report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
                        work=args.dir, seconds=args.seconds)
     print(report["table"])
+    return 0
+
+
+def _bench_streams(args) -> int:
+    import tempfile
+
+    from actstream.bench.streams import run_streams_bench, table
+
+    try:
+        counts = [int(x) for x in args.counts.split(",")] if args.counts else None
+    except ValueError as exc:
+        raise ConfigError(f"--counts {args.counts!r}: expected stream counts like 1,4,8,16") from exc
+    if counts is not None and not all(1 <= c <= 256 for c in counts):
+        raise ConfigError(f"--counts {args.counts!r}: each count from 1 to 256")
+    seconds = args.seconds or 60.0
+    with tempfile.TemporaryDirectory(prefix="actstream-bench-") as tmp:
+        work = Path(args.dir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = run_streams_bench(work, counts=counts, seconds=seconds, json_out=args.json, png_out=args.png,
+                                   progress=_progress())
+    print(table(result))
     return 0
 
 
@@ -409,7 +530,7 @@ def cmd_train(args) -> int:
     if args.recipe == "default":
         from actstream.training.train import train_default
 
-        from actstream.stream.outputs import check_output_folder
+        from actstream.views.outputs import check_output_folder
 
         if not Path(args.data, "manifests").is_dir():
             raise ConfigError(f"{shown_path(args.data)}: has no manifests/ folder: --recipe default trains from the "
@@ -430,7 +551,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_record(args) -> int:
-    from actstream.stream.record import record
+    from actstream.views.record import record
 
     cfg = load_config(args.config)
     rec = record(args.dataset, args.label, args.seconds, args.camera or cfg.live.camera,
@@ -443,7 +564,7 @@ def cmd_record(args) -> int:
 def cmd_eval(args) -> int:
     from actstream.engines.bundle import load_spec
     from actstream.evaluation.eval import evaluate_shared
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     cfg = load_config(args.config)
     spec = load_spec(args.model)
@@ -559,7 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("listen", help="subscribe to a label stream and print one JSON object per line")
     ls.add_argument("endpoint", nargs="?", default="tcp://127.0.0.1:5556")
-    ls.add_argument("--topic", action="append", help="topic to receive (repeatable; default all)")
+    ls.add_argument("--topic", action="append", help="topic to receive (repeatable; default all): a head "
+                                                     "(speech, activity, action) or status; of `serve`, every "
+                                                     "stream's")
+    ls.add_argument("--stream", action="append", metavar="ID", help="of `actstream serve`: only this stream "
+                                                                    "(repeatable; default all)")
     ls.add_argument("--count", type=int, default=0, help="exit after N messages")
     ls.add_argument("--timeout", type=float, default=None, help="exit when nothing arrives for S seconds")
     ls.add_argument("--until-end", action="store_true", help="exit after the stream's final status message")
@@ -567,6 +692,29 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--server-key", dest="server_key", help="CURVE: the server's public key file (server.key)")
     ls.add_argument("--client-key", dest="client_key", help="CURVE: this client's key pair file (NAME.key_secret)")
     ls.set_defaults(fn=cmd_listen)
+
+    sv = sub.add_parser("serve", help="serve many streams (cameras, microphones, recordings) from one process and "
+                                      "one model, batched")
+    sv.add_argument("streams", nargs="?", help="a streams file (TOML, [[stream]] tables: id and camera/mic or "
+                                                "file/audio/loop)")
+    sv.add_argument("--stream", action="append", metavar="ID=SOURCE",
+                    help="a stream (repeatable): ID=URL or camera index, ID=FILE, or ID=key:value,... with keys "
+                         "camera, mic, file, audio and `loop`")
+    sv.add_argument("--seconds", type=float, help="stop after S seconds (default: until Ctrl-C or SIGTERM)")
+    sv.add_argument("--control", help="control endpoint (config serve.control; \"none\" for none)")
+    common(sv, "ZeroMQ PUB endpoint (default: config publish.endpoint)")
+    sv.set_defaults(fn=cmd_serve)
+
+    sm = sub.add_parser("streams", help="add, remove or list the streams of a running `actstream serve`")
+    sm.add_argument("action", choices=["add", "remove", "list"])
+    sm.add_argument("id_or_source", nargs="?", metavar="ID=SOURCE | ID", help="add: ID=SOURCE as serve --stream; "
+                                                                              "remove: ID")
+    sm.add_argument("--control", help="the serve process's control endpoint (config serve.control)")
+    sm.add_argument("--config", help="config file (TOML): its serve.control")
+    sm.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer")
+    sm.add_argument("--server-key", dest="server_key", help="CURVE: the server's public key file (server.key)")
+    sm.add_argument("--client-key", dest="client_key", help="CURVE: this client's key pair file (NAME.key_secret)")
+    sm.set_defaults(fn=cmd_streams)
 
     dv = sub.add_parser("devices", help="list cameras and microphones")
     dv.set_defaults(fn=cmd_devices)
@@ -638,7 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: the GPU path (PyTorch CUDA FP16, CUDA graphs) instead of ONNX Runtime on the CPU")
     be.add_argument("--dir", help="working folder for the generated media and models (default: a temporary one)")
-    be.add_argument("--seconds", type=float, help="length of the generated video (default 60, quick 4)")
+    be.add_argument("--seconds", type=float, help="length of the generated video (default 60, quick 4); with "
+                                                  "--streams, seconds measured per point (default 60)")
+    be.add_argument("--streams", action="store_true", help="how many paced A/V streams one `serve` process holds "
+                                                          "against one `replay --realtime` process per stream")
+    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32)")
+    be.add_argument("--png", help="--streams: draw the curve (p99 and CPU against streams) to this PNG")
     be.set_defaults(fn=cmd_bench)
 
     tr = sub.add_parser("train", help="train a model from a dataset folder or manifest (or the default model)")

@@ -45,7 +45,7 @@ def step_latency(model: str, steps: int = 300) -> dict:
     """One live step (front end, both encoders at batch 1, LSTM) on the GPU backend: ms percentiles, timed
     on the host around CausalRecognizer.advance (which returns host arrays, so the GPU work is finished)."""
     from actstream.engines.bundle import load_spec, open_engines
-    from actstream.stream.core import CausalRecognizer
+    from actstream.stream.recognizer import CausalRecognizer
 
     spec = load_spec(model)
     engines = open_engines(spec, "torch-cuda")

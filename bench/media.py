@@ -45,7 +45,7 @@ def _frames(n: int, fps: int, seed: int = 0):
 
 def video_with_audio(path: Path, seconds: float, fps: int = 25) -> Path:
     """320x240 H.264 at `fps` with AAC audio, `seconds` long (made once per name)."""
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
 
     if path.is_file():
         return path
@@ -53,7 +53,7 @@ def video_with_audio(path: Path, seconds: float, fps: int = 25) -> Path:
 
 
 def audio_only(path: Path, seconds: float) -> Path:
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
 
     if path.is_file():
         return path

@@ -5,7 +5,7 @@ time and peak RSS from wait4):
   fast replay of a 320x240 25 fps video with audio, hybrid model, FP32 and INT8: frames/s, x real time;
   the naive loop (bench/naive.py) on the same video: frames/s, and the ratio;
   audio-only replay (default model) of a long wav: x real time;
-  live path: paced replay of a 30 fps video (the same StepLoop as live capture) publishing on ZeroMQ, and a
+  live path: paced replay of a 30 fps video (the same scheduler as live capture) publishing on ZeroMQ, and a
   subscriber here timing each label from its capture (`wall`) to its receipt: p50/p99/max;
   per-stage ms per step from the replay's own figures; INT8 speed-up per encoder from the calibration.
 With --device cuda the replays run on the torch-cuda backend, the naive loop on CUDA, and the encoder's
@@ -102,7 +102,7 @@ def _free_port() -> int:
 
 
 def live_latency(path: Path, model: str, *extra: str) -> dict:
-    """Paced replay (the live StepLoop on the wall clock) publishing on ZeroMQ, with a subscriber in this
+    """Paced replay (the scheduler on the wall clock, as live) publishing on ZeroMQ, with a subscriber in this
     process timing every label message from its `wall` (capture/release time) to its receipt, in ms."""
     import zmq
 

@@ -20,7 +20,8 @@ from actstream.engines.bundle import Engines, load_spec
 from actstream.engines.cache import file_digest, video_encoder_onnx
 from actstream.engines.onnxrt import OnnxRuntimeEngine
 from actstream.engines.precision import GATE_FILE
-from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.policy import LabelPolicy
+from actstream.stream.recognizer import CausalRecognizer
 from actstream.common.errors import SourceError
 
 from actstream.calibration.gate import Margin, cosine, decide

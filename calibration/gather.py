@@ -1,7 +1,7 @@
-"""Representative encoder inputs: what the step loop's encoders actually see when recordings are replayed.
+"""Representative encoder inputs: what the step path's encoders actually see when recordings are replayed.
 
-Each recording is replayed through the real source and front end (FileSource, audio_window,
-preprocess_frame) at the model's step times; every `stride`-th step is kept.
+Each recording is replayed through the real source and the step path's own front end (FileSource, Prepare)
+at the model's step times.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import numpy as np
 
 from actstream.common.errors import SourceError
 from actstream.common.files import shown_path
-from actstream.stream.frontend import audio_window
-from actstream.engines.features import preprocess_frame
-from actstream.engines.flow import small_gray
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +55,13 @@ class Recording:
                                                    for a in (self.mels, self.images, self.flow)))
 
 
-def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Recording:
-    """Replay `path` at the model's step and keep the encoder inputs of every `stride`-th step (at most
-    max_steps, 0 = all)."""
+def replay_inputs(path: Path, spec, max_steps: int = 0) -> Recording:
+    """Replay `path` at the model's step through the step path's own source and front end (stream/encode.py's
+    Prepare: log-mel windows, frames resized and normalized, the motion stream's grey frames and its flow), and
+    keep the encoder inputs of each step (its first max_steps, 0 = all)."""
+    from actstream.engines.bundle import Engines
+    from actstream.stream.encode import Prepare, StageTimes, VideoState, flow_descriptors
     from actstream.stream.sources import FileSource
-    from actstream.stream.core import Inputs, VideoState, flow_descriptors
     from actstream.stream.steps import steps
 
     use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
@@ -70,39 +69,30 @@ def replay_inputs(path: Path, spec, stride: int = 1, max_steps: int = 0) -> Reco
     src = FileSource(path, sample_rate=audio.sample_rate if audio else 16000,
                      window_samples=audio.window_samples if audio else 1, use_audio=use_audio, use_video=use_video)
     rec = Recording(path)
-    mels, images, grays, gray_ts, frame_of = [], [], [], [], []
+    mels, images, flows = [], [], []
+    prepare, video = Prepare(spec, Engines({}, None), spec.step_ms, StageTimes()), VideoState()
+    image = np.zeros((3, spec.video.size, spec.video.size), np.float32) if use_video else None
     try:
         if use_audio and src.audio is None:
             raise SourceError(f"{shown_path(path)}: has no audio, but model {spec.name} needs audio")
         if use_video and src.video is None:
             raise SourceError(f"{shown_path(path)}: has no video, but model {spec.name} needs video")
-        previous = None
-        for step in steps(src, spec.step_ms, max_steps * stride):
-            if (step.k - 1) % stride:
-                continue
+        for step in steps(src, spec.step_ms, max_steps):
             rec.ts.append(step.t)
-            snap = step.snap
+            inputs = prepare([step.snap])
             if use_audio:
-                mels.append(audio_window(snap.audio, audio))
+                mels.append(inputs.mels[0])
             if use_video:
-                images.append(preprocess_frame(snap.frame, spec.video) if snap.frame is not None
-                              else np.zeros((3, spec.video.size, spec.video.size), np.float32))
-            if use_video and spec.flow is not None:  # as the step core's front end: a repeated frame holds
-                if snap.frame is None:
-                    frame_of.append(-1)
-                elif previous is not None and np.array_equal(snap.frame, previous):
-                    frame_of.append(frame_of[-1])
-                else:
-                    previous = snap.frame
-                    grays.append(small_gray(snap.frame, spec.flow))
-                    gray_ts.append(step.t if snap.frame_t is None else snap.frame_t)
-                    frame_of.append(len(grays) - 1)
+                if inputs.frame_of[0] >= 0:  # a new frame; else the last one holds (zeros before the first)
+                    image = inputs.images[inputs.frame_of[0]]
+                images.append(image)
+                if spec.flow is not None:
+                    flows.append(flow_descriptors(spec, inputs, video)[0])
     finally:
         src.close()
-    if frame_of:
-        rec.flow = flow_descriptors(spec, Inputs(rec.ts, None, None, frame_of, grays, gray_ts), VideoState())
     rec.mels = np.stack(mels) if mels else None
     rec.images = np.stack(images) if images else None
+    rec.flow = np.stack(flows) if flows else None
     return rec
 
 

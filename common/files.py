@@ -66,9 +66,17 @@ def file_kind(mode: int) -> str:
     return "a socket" if stat.S_ISSOCK(mode) else "special"
 
 
+def check_regular_file(path: str | Path, what: str, error: type[Exception] = ConfigError,
+                       fix: str = "pass another file") -> None:
+    """`error` naming the file unless it is a regular file this process can open for reading (opened
+    non-blocking and closed again: a FIFO or device is refused without waiting or reading)."""
+    read_small_file(path, 0, what, error, fix, read=False)
+
+
 def read_small_file(path: str | Path, limit: int, what: str, error: type[Exception] = ConfigError,
-                    fix: str = "pass another file") -> bytes:
-    """The bytes of a regular file of at most `limit` bytes, or `error` naming the file.
+                    fix: str = "pass another file", read: bool = True) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, or `error` naming the file (read=False: only
+    check that it is one, whatever its size).
 
     The file is opened non-blocking and checked with fstat before anything is read: a FIFO would otherwise
     block forever, /dev/zero would be read for ever, and a folder or device is no file. The read itself is
@@ -92,6 +100,8 @@ def read_small_file(path: str | Path, limit: int, what: str, error: type[Excepti
             raise error(f"{what} {shown} is a folder, not a file: {fix}")
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {shown} is not a regular file ({file_kind(st.st_mode)}): {fix}")
+        if not read:
+            return b""
         if st.st_size > limit:
             raise error(f"{what} {shown} is {st.st_size} bytes, more than the {limit} bytes allowed: {fix}")
         chunks, size = [], 0

@@ -21,6 +21,9 @@ class Engine(abc.ABC):
     # capabilities the step core reads (declared here, never probed):
     takes_frames: bool = False  # run() takes raw BGR uint8 frames and resizes/normalizes them itself
     preferred_batch: int = 0  # the most inputs one run() should get (0: any number)
+    # a temporal network: run() takes the rows of several streams at once (inputs (N, T, D), state (layers, N,
+    # hidden)); files exported before the streams axis run one stream per call
+    stream_batch: bool = True
 
     def __init__(self, name: str, input_names: list[str], output_names: list[str]):
         self.name = name

@@ -560,6 +560,12 @@ class _LazyPath(Engine):
     def backend(self) -> str:  # type: ignore[override]
         return self._inner.backend if self._inner else "onnxruntime"
 
+    @property
+    def stream_batch(self) -> bool:  # type: ignore[override]
+        if not self._loaded:
+            self.load()
+        return self._inner.stream_batch
+
     def load(self) -> None:
         if self._inner is None:
             self._inner = self._make()

@@ -109,7 +109,16 @@ class OnnxRuntimeEngine(Engine):
                 raise
         self.input_names = [i[0] for i in inputs]
         self.output_names = [o[0] for o in outputs]
+        # a temporal file whose state has its streams axis fixed at 1 takes one stream per run
+        self._stream_batch = not any(name in ("h0", "c0") and len(shape) == 3 and shape[1] == 1
+                                     for name, shape, _ in inputs)
         self._loaded = True
+
+    @property
+    def stream_batch(self) -> bool:  # type: ignore[override]
+        if not self._loaded:
+            self.load()
+        return self._stream_batch
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self._session.run(self.output_names, {n: feeds[n] for n in self.input_names})

@@ -99,6 +99,11 @@ class SelfHealingEngine(Engine):
     def backend(self) -> str:  # type: ignore[override]
         return "tensorrt" if self._active is self.primary else "onnxruntime"
 
+    @property
+    def stream_batch(self) -> bool:  # type: ignore[override]
+        """As the ONNX file says: both engines run it (the TensorRT profile spans its dynamic axes)."""
+        return self.fallback.stream_batch
+
     def load(self) -> None:
         if self._loaded:
             return

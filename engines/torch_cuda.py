@@ -212,14 +212,22 @@ class CudaGraphEngine(Engine):
         super().close()
 
 
+STREAM_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # streams per step a temporal CUDA graph is captured for
+
+
 class CudaEagerEngine(Engine):
     """The temporal network on the GPU in FP32 (inputs positionally in `input_names` order).
 
-    A live step (every input with one time step) replays a CUDA graph captured at load(): one launch
-    instead of a dozen small kernels. Other shapes (batched replay's T steps) run eagerly.
-    step_shapes: input name -> its shape for one step, e.g. {"audio": (1, 1, 128), "h0": (1, 1, 128)}."""
+    One step of N streams (every input with one time step, N rows; N = 1 for live, the streams of a serve
+    tick otherwise) replays a CUDA graph captured for the smallest bucket of STREAM_BUCKETS that holds N, its
+    rows padded with zeros (their outputs are dropped): one launch instead of a dozen small kernels per tick.
+    The bucket's graph is captured at its first use (the N = 1 graph at load()). Other shapes (batched
+    replay's T steps, more than 256 streams) run eagerly.
+    step_shapes: input name -> its shape for one step of one stream, e.g. {"audio": (1, 1, 128), "h0": (1, 1,
+    128)}; the streams axis is 0 for the per-step inputs and 1 for h0/c0."""
 
     backend = "torch-cuda"
+    STATE = ("h0", "c0")
 
     def __init__(self, name: str, make_module: Callable, input_names: list[str], output_names: list[str],
                  step_shapes: dict[str, tuple[int, ...]] | None = None):
@@ -227,36 +235,70 @@ class CudaEagerEngine(Engine):
         self._make = make_module
         self._module = None
         self.step_shapes = step_shapes
-        self._graph = None
+        self._graphs: dict[int, tuple] = {}  # bucket -> (graph, static inputs, outputs)
+
+    def _bucket_shape(self, name: str, n: int) -> tuple[int, ...]:
+        shape = list(self.step_shapes[name])
+        shape[1 if name in self.STATE else 0] = n
+        return tuple(shape)
+
+    def _graph(self, n: int):
+        """The CUDA graph of one step of `n` streams (a bucket), captured the first time it is needed."""
+        if n not in self._graphs:
+            import torch
+
+            static = [torch.zeros(self._bucket_shape(name, n), device="cuda") for name in self.input_names]
+            with torch.inference_mode():
+                graph, outs = _capture(lambda xs: self._module(*xs), static)
+            self._graphs[n] = (graph, static, outs)
+        return self._graphs[n]
 
     def load(self) -> None:
         if self._loaded:
             return
-        torch = require_cuda()
+        require_cuda()
         self._module = self._make().eval().to("cuda")
         if self.step_shapes:
-            static = [torch.zeros(self.step_shapes[n], device="cuda") for n in self.input_names]
-            with torch.inference_mode():
-                graph, outs = _capture(lambda xs: self._module(*xs), static)
-            self._graph = (graph, static, outs)
+            self._graph(1)
         self._loaded = True
+
+    def _rows(self, arrays: list[np.ndarray]) -> int | None:
+        """N when the feeds are one step of N streams (a graph can run them), else None."""
+        if not self.step_shapes:
+            return None
+        ns = set()
+        for a, name in zip(arrays, self.input_names):
+            one = self.step_shapes[name]
+            axis = 1 if name in self.STATE else 0
+            if a.ndim != len(one) or any(d != o for i, (d, o) in enumerate(zip(a.shape, one)) if i != axis):
+                return None
+            ns.add(a.shape[axis])
+        return ns.pop() if len(ns) == 1 else None
 
     def _run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         import torch
 
         arrays = [np.ascontiguousarray(feeds[n], dtype=np.float32) for n in self.input_names]
+        n = self._rows(arrays)
+        bucket = next((b for b in STREAM_BUCKETS if n is not None and b >= n), None)
         with torch.inference_mode():
-            if self._graph is not None and all(a.shape == self.step_shapes[n]
-                                               for a, n in zip(arrays, self.input_names)):
-                graph, static, outs = self._graph
-                for dst, a in zip(static, arrays):
-                    dst.copy_(torch.from_numpy(a), non_blocking=True)
-                graph.replay()
-            else:
+            if bucket is None:
                 outs = self._module(*[torch.from_numpy(a).to("cuda", non_blocking=True) for a in arrays])
-            return [o.cpu().numpy() for o in outs]
+                return [o.cpu().numpy() for o in outs]
+            graph, static, outs = self._graph(bucket)
+            for dst, a, name in zip(static, arrays, self.input_names):
+                src = torch.from_numpy(a).to("cuda", non_blocking=True)
+                if name in self.STATE:
+                    dst[:, :n].copy_(src)
+                    dst[:, n:].zero_()
+                else:
+                    dst[:n].copy_(src)
+                    dst[n:].zero_()
+            graph.replay()
+            # head outputs (N, 1, classes), then hn, cn (layers, N, hidden): the padding rows dropped
+            return [(o[:, :n] if i >= len(outs) - 2 else o[:n]).cpu().numpy() for i, o in enumerate(outs)]
 
     def close(self) -> None:
         self._module = None
-        self._graph = None
+        self._graphs = {}
         super().close()

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from actstream.stream.config import PolicyConfig
-from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.policy import LabelPolicy
+from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import ArraySource
 from actstream.stream.steps import steps
 from actstream.common.errors import ConfigError
@@ -93,7 +94,7 @@ MANIFESTS = ("librispeech_test_other", "fsdd", "dcase2016_task2")
 
 def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: float) -> None:
     """What eval can know is wrong before it loads a clip: the counts, the data folder, the output folder."""
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     if not 1 <= timelines <= MAX_TIMELINES:
         raise ConfigError(f"--timelines {timelines} out of range: expected 1 to {MAX_TIMELINES}")

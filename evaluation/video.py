@@ -24,7 +24,7 @@ import numpy as np
 
 from actstream.common.errors import ConfigError
 from actstream.engines.bundle import ModelSpec, load_spec, open_engines
-from actstream.stream.core import CausalRecognizer
+from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import FileSource
 from actstream.stream.steps import steps
 from actstream.training.data import ACTION_ALIASES, TEST_SPLITS

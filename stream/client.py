@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import zmq
@@ -141,10 +141,13 @@ class _Connection:
 def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: float | None = None,
               ctx: zmq.Context | None = None, server_key: str | Path | None = None,
               client_key: str | Path | None = None, tracker: SeqTracker | None = None,
-              silence_s: float | None = SILENCE_S) -> Iterator[dict]:
+              silence_s: float | None = SILENCE_S, streams: Iterable[str] | None = None) -> Iterator[dict]:
     """Yield each message's payload (a dict) as it arrives, without repeats.
 
-    topics: topic names to receive (None = all); timeout_s: stop when nothing arrives for this long
+    topics: heads (or `status`) to receive (None = all); streams: the streams of a many-stream process
+    (`actstream serve`) to receive (None = all): `topics=["speech"]` takes `speech` and every stream's
+    `speech/ID/`, `streams=["cam1"]` every topic of stream cam1 (never cam10's); timeout_s: stop when nothing
+    arrives for this long
     (None = wait forever); server_key / client_key: the server's public key file and this client's key pair
     file, for a CURVE-secured stream (both or neither); tracker: a SeqTracker to read gaps, `bad` (messages
     skipped because they were not [topic, JSON object]) and `reconnects` from (one is made if None).
@@ -165,16 +168,15 @@ def subscribe(endpoint: str, topics: Iterable[str] | None = None, timeout_s: flo
     from actstream.stream.security import parse_endpoint
 
     parse_endpoint(endpoint, bind=False)
-    topics = list(topics) if topics else []
-    wanted = set(topics) if topics else None
-    what = (f"topic{'s' if len(topics) > 1 else ''} {', '.join(escaped(t) for t in topics)}" if topics
-            else "all topics")
+    topics, wanted = topic_filter(list(topics or []), list(streams or []))
+    what = (f"topic{'s' if len(topics) > 1 else ''} {', '.join(escaped(t) for t in topics)}" if topics != [""]
+            else "all topics") + (f" of stream{'s' if len(streams) > 1 else ''} {', '.join(streams)}" if streams else "")
     own = ctx is None
     ctx = ctx or zmq.Context()
     tracker = tracker if tracker is not None else SeqTracker()
     conn: _Connection | None = None
     try:
-        conn = _Connection(ctx, endpoint, topics or [""], server_key, client_key)
+        conn = _Connection(ctx, endpoint, topics, server_key, client_key)
         last = quiet_since = time.monotonic()  # the last frame received, the last message yielded (or the start)
         notice_at = last + silence_s if silence_s is not None else None  # when silence is next said
         backoff = RECONNECT_S[0]
@@ -249,7 +251,7 @@ def _remake(conn: _Connection, poller: zmq.Poller, ctx: zmq.Context, endpoint: s
     poller.unregister(conn.sock)
     poller.unregister(conn.monitor)
     conn.close()
-    conn = _Connection(ctx, endpoint, topics or [""], server_key, client_key)
+    conn = _Connection(ctx, endpoint, topics, server_key, client_key)
     poller.register(conn.sock, zmq.POLLIN)
     poller.register(conn.monitor, zmq.POLLIN)
     return conn
@@ -260,10 +262,34 @@ def _seconds(x: float) -> str:
     return f"{x:.0f}" if x >= 10 else f"{x:.1f}".removesuffix(".0")
 
 
-def _message(frames: list[bytes], wanted: set[str] | None, tracker: SeqTracker) -> dict | None:
+def topic_filter(topics: list[str], streams: list[str]) -> tuple[list[str], Callable[[str], bool] | None]:
+    """The ZeroMQ subscriptions (prefixes) and the exact test of a received topic for heads and streams.
+
+    A head's topic is `HEAD` (one stream per process) or `HEAD/ID/` (a stream of `actstream serve`): heads
+    alone subscribe to `HEAD` and take both; streams take `HEAD/ID/` of the heads given, or, with no head
+    given, everything, kept when its topic is `*/ID/` (the closing slash keeps cam1 apart from cam10)."""
+    from actstream.stream.publish import stream_topic
+    from actstream.stream.streamsfile import STREAM_ID
+
+    bad = [s for s in streams if not STREAM_ID.match(s)]
+    if bad:
+        raise ConfigError(f"stream {escaped(bad[0])}: not a stream id (1-64 letters, digits, - or _)")
+    if topics and streams:
+        exact = {stream_topic(t, s) for t in topics for s in streams}
+        return sorted(exact), exact.__contains__
+    if streams:
+        ends = tuple(f"/{s}/" for s in streams)
+        return [""], lambda topic: topic.endswith(ends) and topic.count("/") == 2
+    if topics:
+        return topics, lambda topic: any(topic == t or topic.startswith(t + "/") and topic.count("/") == 2
+                                         for t in topics)
+    return [""], None
+
+
+def _message(frames: list[bytes], wanted: Callable[[str], bool] | None, tracker: SeqTracker) -> dict | None:
     """The payload to yield for one received message, or None: another topic's (ZeroMQ matches prefixes,
     topics here are whole names), a bad one (counted), or a repeat."""
-    if wanted is not None and frames[0].decode("utf-8", "replace") not in wanted:
+    if wanted is not None and not wanted(frames[0].decode("utf-8", "replace")):
         return None
     msg = decode(frames)
     if msg is None:

@@ -179,6 +179,22 @@ class LiveConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """control: the control endpoint of `actstream serve` (streams added and removed while it runs; loopback,
+    or CURVE-secured with publish.keys like the bus), "none" for none; max_streams: the most streams one
+    process serves (more are refused with a message)."""
+
+    control: str = "tcp://127.0.0.1:5557"
+    max_streams: int = 32
+
+    def __post_init__(self) -> None:
+        _check(_text(self.control) and ("://" in self.control or self.control == "none"), "serve.control",
+               self.control, "a ZeroMQ endpoint such as tcp://127.0.0.1:5557, or \"none\"")
+        _check(is_int(self.max_streams) and 1 <= self.max_streams <= 4096, "serve.max_streams", self.max_streams,
+               "an integer from 1 to 4096")
+
+
+@dataclass(frozen=True)
 class Config:
     step: StepConfig = field(default_factory=StepConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -186,6 +202,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def override(self, section: str, **values: Any) -> "Config":
         """A copy with some fields of one section replaced (None values are ignored)."""

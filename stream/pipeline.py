@@ -1,14 +1,15 @@
 """One run, built from (config, source, options): the model's engines, its recognizer and label policy, the
-publisher and its listeners (metrics, overlay window), the step loop; run until the end or a signal, then shut
-down in order. The CLI only parses arguments and calls `run_pipeline`.
+publisher and its listeners (metrics, overlay window), the scheduler with the run's one stream; run until the
+end or until stopped, then shut down in order. The CLI only parses arguments, installs the signal handlers and
+calls `run_pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from actstream.stream.config import Config
 from actstream.common.errors import PublishError
 
 if TYPE_CHECKING:  # numpy is first imported after the CLI has set its thread variables (cli.main)
-    from actstream.stream.loop import RunSummary
+    from actstream.stream.scheduler import RunSummary
     from actstream.stream.steps import Source
 
 log = logging.getLogger("actstream")
@@ -27,8 +28,10 @@ class RunOptions:
     """publish: endpoint or None; out: a JSONL file of every message; realtime: pace on the wall clock;
     max_seconds: stop after this much stream time (0: the end); virtual_epoch: Unix time of t = 0 on the
     virtual clock; wait_subscriber_s: hold the start until a subscriber is there; lookahead: a BiLSTM's
-    look-ahead steps (None: the model's); show: an overlay window; metrics_port: a Prometheus endpoint;
-    collect: a list that receives every message; listeners: more callables that receive every message."""
+    look-ahead steps (None: the model's); show: steps keep their frames for an overlay window (which the
+    caller makes: listeners and on_step); metrics_port: a Prometheus endpoint; collect: a list that receives
+    every message; listeners: more callables that receive every message; on_step: callable(stop_event) ->
+    callable(Snapshot), called after each step's labels are published (the overlay window draws the frame)."""
 
     publish: str | None
     out: str | None
@@ -41,6 +44,7 @@ class RunOptions:
     metrics_port: int | None = None
     collect: list | None = None
     listeners: tuple = ()
+    on_step: object = None
 
 
 def inference_threads(cfg: Config, spec, batched: bool) -> int:
@@ -53,30 +57,49 @@ def inference_threads(cfg: Config, spec, batched: bool) -> int:
     return threads
 
 
-def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
-    """Wire a source to the core and the publisher, run until the end or a signal, shut down in order."""
+def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False, spin: bool | None = None):
+    """The process's model: its spec, step, engines (loaded) and label policy over its recognizer, shared by
+    every stream the process runs. batched: fast replay's encoders run in batches (the worker threads need
+    the cores between runs: ONNX Runtime's idle threads do not spin); live: step by step, the small networks
+    run on one thread (each ONNX Runtime session has its own pool, and the audio CNN's and the LSTM's pools
+    spinning after their runs took the cores from the video CNN: bench live p99 of the default model on 2
+    cores 30-37 ms with 2 threads each, 14-20 ms so). spin: let idle ONNX Runtime threads spin-wait (default:
+    step by step only; a many-stream process passes False, its reader threads need the cores between runs)."""
     from actstream.engines.bundle import load_spec, open_engines
 
-    from actstream.stream.core import LabelPolicy, recognizer_for
-    from actstream.stream.loop import StepLoop
-    from actstream.stream.publish import Publisher
+    from actstream.stream.policy import LabelPolicy
+    from actstream.stream.recognizer import recognizer_for
 
     spec = load_spec(cfg.model.path)
     step_ms = cfg.step.resolve(spec.step_ms, spec.name)
-    # fast replay of a causal model runs its encoders in batches (loop.StepLoop); its worker thread needs the
-    # cores between inference runs, so ONNX Runtime's idle threads do not spin there
-    batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
-               and not opts.show)
-    # step by step (live, paced replay), the small networks run on one thread: each ONNX Runtime session has
-    # its own pool, and the audio CNN's and the LSTM's pools spinning after their runs took the cores from the
-    # video CNN (bench live p99 of the default model on 2 cores: 30-37 ms with 2 threads each, 14-20 ms so)
     small = 1 if not batched and cfg.model.threads == 0 else 0
     engines = open_engines(spec, cfg.model.backend, inference_threads(cfg, spec, batched), cfg.model.precision,
-                           spin=not batched, small_threads=small)
-    publisher = metrics = window = None
+                           spin=not batched if spin is None else spin, small_threads=small)
     try:
         engines.load()
-        policy = LabelPolicy(recognizer_for(spec, engines, step_ms, opts.lookahead), cfg.policy)
+        policy = LabelPolicy(recognizer_for(spec, engines, step_ms, lookahead), cfg.policy)
+    except Exception:
+        engines.close()
+        raise
+    return spec, step_ms, engines, policy
+
+
+def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.Event | None = None) -> RunSummary:
+    """Wire one source to the model and the publisher, run until the end or until `stop` is set (the CLI sets
+    it on SIGINT/SIGTERM), shut down in order. The run is the scheduler's with one stream, on the bare topics."""
+    from actstream.engines.bundle import load_spec
+
+    from actstream.stream.publish import Channel, Publisher
+    from actstream.stream.scheduler import Scheduler
+    from actstream.stream.streams import Stream
+
+    spec = load_spec(cfg.model.path)
+    # fast replay of a causal model runs its encoders in batches of steps, prepared on a reader thread
+    batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
+               and not opts.show)
+    spec, step_ms, engines, policy = open_model(cfg, opts.lookahead, batched)
+    publisher = metrics = None
+    try:
         publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
                               keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
         if opts.publish:
@@ -92,27 +115,20 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions) -> RunSummary:
             metrics = Metrics(opts.metrics_port, model=spec.tag, backend=cfg.model.backend, source=source.name)
             publisher.listeners.append(metrics.listener(wall_clock=opts.realtime or source.live))
             log.warning("metrics on http://127.0.0.1:%d/metrics", metrics.port)
-        if opts.show:
-            from actstream.stream.overlay import Window
-
-            window = Window(f"actstream - {source.name}")
-            publisher.listeners.append(window.state.update)
         source.start()
-        loop = StepLoop(source, policy, publisher, step_ms, opts.realtime, cfg.publish.status_every_ms / 1000.0,
-                        opts.max_seconds, opts.virtual_epoch, cfg.model.backend,
-                        batch_steps=cfg.replay.batch_steps if batched else 1)
-        if window is not None:
-            loop.on_step = window.on_step(loop.stop_event)
-        previous = {s: signal.signal(s, lambda *_: loop.stop_event.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            return loop.run()
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+        scheduler = Scheduler(policy, publisher, step_ms, opts.realtime or source.live,
+                              cfg.publish.status_every_ms / 1000.0, opts.max_seconds, opts.virtual_epoch,
+                              cfg.model.backend, batch_steps=cfg.replay.batch_steps if batched else 1)
+        if stop is not None:
+            scheduler.stop_event = stop
+        stream = Stream(None, policy.recognizer.state, Channel(publisher), source, keep_frames=opts.show)
+        if opts.on_step is not None:
+            draw = opts.on_step(scheduler.stop_event)
+            scheduler.on_step = lambda _stream, snap: draw(snap)
+        scheduler.add(stream)
+        return scheduler.run()[None]
     finally:
         source.close()
-        if window is not None:
-            window.close()
         if metrics is not None:
             metrics.close()
         if publisher is not None:

@@ -256,12 +256,13 @@ class Publisher:
         return self._subscribed.wait(timeout_s)
 
     def publish(self, topic: str, t: float, wall: float, label: str | None, score: float | None,
-                scores: dict[str, float], **extra: Any) -> dict:
+                scores: dict[str, float], source: str | None = None, **extra: Any) -> dict:
+        """Number, encode and send one message (source: the stream's, where it is not the publisher's)."""
         seq = self._seq.get(topic, 0)
         self._seq[topic] = seq + 1
         payload = {"v": SCHEMA_VERSION, "topic": topic, "seq": seq, "t": round(t, 4), "wall": round(wall, 4),
-                   "label": label, "score": _round(score), "scores": _round(scores), "source": self.source,
-                   "model": self.model, **_round(extra)}
+                   "label": label, "score": _round(score), "scores": _round(scores),
+                   "source": self.source if source is None else source, "model": self.model, **_round(extra)}
         try:
             data = encode(payload)
         except (TypeError, ValueError) as exc:
@@ -345,6 +346,35 @@ class Publisher:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+
+
+def stream_topic(head: str, stream: str) -> str:
+    """The topic of one head of one stream of a many-stream process: `HEAD/STREAM/`. A subscriber takes one
+    head of every stream by the prefix `HEAD/`, and one stream's head by `HEAD/STREAM/` (the closing slash
+    keeps `speech/cam1/` from matching `speech/cam10/`); stream ids never hold a slash."""
+    return f"{head}/{stream}/"
+
+
+class Channel:
+    """One stream's side of the publisher: the topics of its heads and status, and its source name. A
+    stream without an id (replay, live: one stream per process) publishes on the bare head names, as ever;
+    a stream of a many-stream process on `stream_topic(head, id)`, with `stream` and `head` in each payload.
+    Sequence numbers and the late-joiner answer are per topic, so per stream."""
+
+    def __init__(self, publisher: Publisher, stream: str | None = None, source: str | None = None):
+        self.publisher = publisher
+        self.stream = stream
+        self.source = source
+
+    def topic(self, head: str) -> str:
+        return head if self.stream is None else stream_topic(head, self.stream)
+
+    def publish(self, head: str, t: float, wall: float, label: str | None, score: float | None,
+                scores: dict[str, float], **extra: Any) -> dict:
+        if self.stream is None:
+            return self.publisher.publish(head, t, wall, label, score, scores, source=self.source, **extra)
+        return self.publisher.publish(self.topic(head), t, wall, label, score, scores, source=self.source,
+                                      stream=self.stream, head=head, **extra)
 
 
 class _PeerGuard:

@@ -394,6 +394,52 @@ class FileSource:
                 track.close()
 
 
+class LoopingSource:
+    """A recording played again from its start each time it ends, time running on (a served stream that
+    stands in for a camera). open_file(): a new FileSource of the recording. The LSTM sees one continuous
+    stream; the picture jumps from the last frame to the first, as a cut does."""
+
+    live = False
+
+    def __init__(self, open_file):
+        self._open = open_file
+        self.inner = open_file()
+        self.name = self.inner.name
+        self.has_audio_track, self.has_video_track = self.inner.has_audio_track, self.inner.has_video_track
+        self.duration = None
+        self.creation_time = self.inner.creation_time
+        self.offset = 0.0  # stream time at which the current pass started
+        self._last_t = 0.0
+        self.loops = 0
+
+    def start(self) -> None:
+        self.inner.start()
+
+    def snapshot(self, t: float) -> Snapshot | None:
+        snap = self.inner.snapshot(t - self.offset)
+        if snap is None:
+            if self._last_t <= self.offset:  # a pass that gave nothing: never loop on an empty file
+                return None
+            self.inner.close()
+            self.inner = self._open()
+            self.offset, self.loops = self._last_t, self.loops + 1
+            snap = self.inner.snapshot(t - self.offset)
+            if snap is None:
+                return None
+        self._last_t = t
+        frame_t = None if snap.frame_t is None else snap.frame_t + self.offset
+        return Snapshot(t, snap.frame, snap.audio, snap.wall, frame_t)
+
+    def drops(self) -> dict[str, int]:
+        return self.inner.drops()
+
+    def health(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class ArraySource:
     """A recording already in memory (mono float32 samples at `sample_rate`): the evaluation's mixed timelines.
     Step t gets the `window` samples ending at sample round(t * rate); the stream ends where they run out."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ACTSTREAM_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -13,7 +13,7 @@ import time
 import zmq
 
 from actstream.stream.client import SeqTracker, subscribe
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from tests import zmtp
 from tests.conftest import ROOT, free_port, tone_and_noise
 from tests.test_bus import rss_mib

@@ -1,4 +1,4 @@
-"""Batched fast replay (loop.StepLoop with batch_steps > 1) against the step-by-step loop."""
+"""Batched fast replay (the scheduler with batch_steps > 1) against step by step."""
 
 import json
 
@@ -8,9 +8,11 @@ import pytest
 from actstream.bench.media import hybrid_model
 from actstream.engines.bundle import load_spec, open_engines
 from actstream.stream.config import Config
-from actstream.stream.core import CausalRecognizer, LabelPolicy
-from actstream.stream.loop import StepLoop
-from actstream.stream.publish import Publisher
+from actstream.stream.policy import LabelPolicy
+from actstream.stream.recognizer import CausalRecognizer
+from actstream.stream.publish import Channel, Publisher
+from actstream.stream.scheduler import Scheduler
+from actstream.stream.streams import Stream
 from actstream.stream.sources import FileSource
 from tests.conftest import run_cli
 
@@ -28,7 +30,9 @@ def _replay(model: str, path, out, batch_steps: int):
                         use_audio="audio" in spec.modalities, use_video="video" in spec.modalities)
     publisher = Publisher(None, out, source.name, spec.tag)
     try:
-        summary = StepLoop(source, policy, publisher, 100, False, batch_steps=batch_steps).run()
+        scheduler = Scheduler(policy, publisher, 100, False, batch_steps=batch_steps)
+        scheduler.add(Stream(None, policy.recognizer.state, Channel(publisher), source))
+        summary = scheduler.run()[None]
     finally:
         source.close()
         publisher.close()
@@ -39,7 +43,7 @@ def _replay(model: str, path, out, batch_steps: int):
 @pytest.mark.parametrize("model,prep_threads", [("hybrid", 0), ("hybrid", 2), ("default", 0)])
 def test_batched_equals_stepped(tmp_path, media, monkeypatch, model, prep_threads):
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(StepLoop, "prep_threads", prep_threads)  # frames resized inline, or on 2 helpers
+    monkeypatch.setattr(Scheduler, "prep_threads", prep_threads)  # frames resized inline, or on 2 helpers
     name = str(hybrid_model(tmp_path / "hybrid")) if model == "hybrid" else "default"
     stepped, a = _replay(name, media["mp4"], tmp_path / "a.jsonl", 1)
     batched, b = _replay(name, media["mp4"], tmp_path / "b.jsonl", 8)  # 30 steps: 3 full batches and a short one

@@ -11,7 +11,7 @@ from actstream.calibration.calibrate import calibrate
 from actstream.calibration.gate import Margin, agreement, cosine, decide
 from actstream.engines.bundle import ModelSpec, load_spec, save_model
 from actstream.engines.precision import encoder_file
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from actstream.engines.features import AudioFeatures
 from tests.conftest import run_cli, tone_and_noise
 

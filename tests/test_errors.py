@@ -124,7 +124,7 @@ def test_a_step_other_than_the_models_is_refused(tmp_path):
 
 
 def test_a_one_frame_video_is_refused(tmp_path):
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
     from actstream.common.errors import SourceError
     from actstream.stream.sources import FileSource
     from tests.conftest import moving_frames

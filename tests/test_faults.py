@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from actstream.common.errors import SourceError
 from actstream.stream.sources import FileSource
 from tests.conftest import ROOT, moving_frames, run_cli, tone_and_noise

@@ -16,7 +16,7 @@ from actstream.engines.bundle import load_spec
 from actstream.engines.flow import FlowFeatures, dense_flow, describe_flow, flow_window, small_gray
 from actstream.engines.models import Temporal
 from actstream.evaluation.video import Clip, judge_model
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from tests.conftest import SHARED, run_cli
 
 SPEC = FlowFeatures()

@@ -24,7 +24,7 @@ from actstream.engines.bundle import SHIPPED, expected_io, load_spec
 from actstream.engines.onnxrt import check_io
 from actstream.engines.precision import encoder_file
 from actstream.stream.config import config_from_dict, load_config
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from actstream.common.errors import ConfigError, EngineError, SourceError
 from actstream.stream.frontend import logmel
 from actstream.stream.sources import FileSource

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from actstream.training.teach import read_dataset
 from actstream.common.errors import ConfigError, SourceError
-from actstream.stream.plot import read_truth
+from actstream.views.plot import read_truth
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SLOW = settings(max_examples=int(os.environ.get("ACTSTREAM_FUZZ_EXAMPLES", 100_000)), deadline=None,

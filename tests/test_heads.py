@@ -15,7 +15,8 @@ from actstream.engines.features import VideoFeatures
 from actstream.engines.flow import FlowFeatures
 from actstream.engines.models import Temporal
 from actstream.stream.config import PolicyConfig
-from actstream.stream.core import CausalRecognizer, LabelPolicy
+from actstream.stream.policy import LabelPolicy
+from actstream.stream.recognizer import CausalRecognizer
 from tests.conftest import run_cli
 
 HEAD_INPUTS = {"speech": ("audio",), "activity": ("audio",), "action": ("video",)}

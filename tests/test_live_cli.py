@@ -31,7 +31,7 @@ def start_live(*args: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory):
     """Three seconds of silence, synthesized speech, two seconds of silence (16 kHz mono wav)."""
-    from actstream.stream.demo import _espeak
+    from actstream.views.demo import _espeak
     from actstream.common.errors import SourceError
 
     try:

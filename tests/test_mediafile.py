@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from actstream.common.errors import OutputError
-from actstream.stream.mediafile import MediaWriter, Span, Track, differences, read_span
+from actstream.views.mediafile import MediaWriter, Span, Track, differences, read_span
 from tests.conftest import run_cli, tone_and_noise
 
 # a camera at 15 fps with a hiccup (a third of a second without a frame), in milliseconds

@@ -18,9 +18,9 @@ import pytest
 
 from actstream.training.teach import read_dataset
 from actstream.cli import main
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from actstream.common.errors import ConfigError
-from actstream.stream.plot import read_truth
+from actstream.views.plot import read_truth
 from tests.conftest import ROOT, moving_frames, run_cli, tone_and_noise
 
 SUMMARY = "steps, "  # in the run's summary line on stderr: present only when a run happened
@@ -163,7 +163,7 @@ def test_truth_from_a_device_or_fifo_is_refused_without_reading(tmp_path):
 
 PEAK = """
 import resource, sys
-from stream.overlay import annotate
+from actstream.views.overlay import annotate
 seconds = float(sys.argv[1])
 msgs = [{"topic": "activity", "label": "a", "score": 0.9, "scores": {"a": 0.9, "b": 0.1}, "t": round(0.1 * k, 4)}
         for k in range(1, int(seconds * 10) + 1)]

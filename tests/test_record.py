@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from actstream.stream.mediafile import read_span
+from actstream.views.mediafile import read_span
 from actstream.stream.sources import _creation_time, load_audio
 from tests.conftest import ROOT, need_shared, run_cli
 from tests.livekit import MjpegServer, PipeMic, write_wav

@@ -5,7 +5,7 @@ import pytest
 
 from actstream.engines.bundle import load_spec, open_engines
 from actstream.stream.config import PolicyConfig
-from actstream.stream.core import CausalRecognizer
+from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import FileSource
 from tests.conftest import need_shared, run_cli
 
@@ -92,10 +92,10 @@ def _mel(spec, audio):
 
 def test_policy_hysteresis_and_hold():
     """Drive the label policy directly with hand-made probabilities."""
-    from actstream.stream.core import _HeadPolicy
+    from actstream.stream.policy import HeadPolicy
 
     cfg = PolicyConfig(smoothing=0.6, enter=0.5, exit=0.4, switch_steps=2, min_hold_ms=300)
-    p = _HeadPolicy(["no_speech", "speech"], cfg)
+    p = HeadPolicy(["no_speech", "speech"], cfg)
     seq = [0.1, 0.9, 0.9, 0.9, 0.45, 0.45, 0.1, 0.1, 0.1]
     labels = [p.update(np.array([1 - s, s]), 0.1 * (i + 1)).label for i, s in enumerate(seq)]
     # smoothing 0.6: ema(speech) = .1 .58 .772 .849 .61 .514 .266 .166 .126 at t = .1 .2 ... .9
@@ -109,7 +109,7 @@ def test_speech_labels_follow_real_speech(tmp_path):
     """A real LibriSpeech test-other utterance (held out) after 3 s of silence: speech comes on with it."""
     wav = need_shared("audio", "librispeech_test_other", "speech", "1688-142285-0000.wav")
     from actstream.stream.sources import load_audio
-    from actstream.stream.demo import write_media
+    from actstream.views.demo import write_media
 
     speech = load_audio(wav)
     x = np.concatenate([np.zeros(48000, np.float32), speech, np.zeros(48000, np.float32)])

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from actstream.stream.client import SeqTracker, subscribe
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from tests.conftest import ROOT, tone_and_noise
 
 

@@ -5,7 +5,7 @@ pause in delivery, a reopened stream, a stall followed by a burst, and clocks th
 import numpy as np
 import pytest
 
-from actstream.stream.stamping import AudioPlacer, VideoStamps
+from actstream.views.stamping import AudioPlacer, VideoStamps
 
 RATE = 16000
 BLOCK = 320  # 20 ms

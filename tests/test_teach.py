@@ -9,7 +9,7 @@ import torch
 from actstream.engines.bundle import load_spec, load_torch_modules
 from actstream.engines.onnxrt import OnnxRuntimeEngine
 from actstream.training.teach import read_dataset
-from actstream.stream.demo import write_media
+from actstream.views.demo import write_media
 from actstream.common.errors import ConfigError
 from tests.conftest import run_cli
 

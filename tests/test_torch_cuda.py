@@ -43,3 +43,27 @@ def test_torch_cuda_engines_match_onnxruntime(tmp_path, monkeypatch):
     a, b = cpu.encoders["audio"].run({"logmel": mel})["embedding"], gpu.encoders["audio"].run({"logmel": mel})["embedding"]
     assert np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
     gpu.close(), cpu.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch sees none)")
+@pytest.mark.parametrize("streams", [1, 3, 16, 40])
+def test_the_temporal_graph_of_a_streams_bucket_equals_the_network_run_eagerly(streams):
+    """One step of N streams through the temporal network's CUDA graph of N's bucket (rows padded) gives, per
+    row, what the network gives that row alone on the CPU."""
+    from actstream.engines.bundle import load_spec, open_engines
+
+    spec = load_spec("default")
+    gpu, cpu = open_engines(spec, "torch-cuda"), open_engines(spec, "onnxruntime", precision="fp32")
+    gpu.load(), cpu.load()
+    rng = np.random.default_rng(streams)
+    feeds = {m: rng.standard_normal((streams, 1, d)).astype(np.float32) for m, d in spec.dims.items()}
+    feeds["present"] = np.ones((streams, 1, len(spec.presence)), np.float32)
+    feeds["h0"] = rng.standard_normal((1, streams, spec.hidden)).astype(np.float32) * 0.1
+    feeds["c0"] = rng.standard_normal((1, streams, spec.hidden)).astype(np.float32) * 0.1
+    got = gpu.temporal.run(feeds)
+    for r in range(streams):
+        one = {k: (v[:, r:r + 1] if k in ("h0", "c0") else v[r:r + 1]) for k, v in feeds.items()}
+        ref = cpu.temporal.run(one)
+        for k in ref:
+            row = got[k][:, r:r + 1] if k in ("hn", "cn") else got[k][r:r + 1]
+            np.testing.assert_allclose(row, ref[k], atol=1e-4)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from actstream.engines.bundle import load_spec
-from actstream.stream.overlay import (BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size,
+from actstream.views.overlay import (BAR, BAR_BG, BAR_ON, BAR_W, OverlayState, bar_origin, image_size,
                                       panel_height, render)
 from tests.conftest import ROOT, run_cli
 

@@ -25,7 +25,7 @@ import torch
 
 from actstream.stream.csvfile import shown_path
 from actstream.common.errors import ConfigError, SourceError
-from actstream.stream.core import Prepare, StageTimes, VideoState, encode
+from actstream.stream.encode import Prepare, StageTimes, VideoState, encode
 from actstream.engines.features import VideoFeatures
 from actstream.engines.flow import GLOBALS, REVISION as FLOW_REVISION, FlowFeatures, flow_window
 from actstream.stream.sources import FileSource
@@ -357,7 +357,7 @@ SPEEDS = (0.9, 1.1)  # the range of playback speeds a piece of a video recording
 def check_train_args(data, out, arch: str, epochs: int, lookahead: int, name: str | None, base: str):
     """Everything `train` can know is wrong before it trains: the arguments, the output folder, the whole
     dataset. Returns (items, base model spec)."""
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
 
     if arch not in ARCHS:
         raise ConfigError(f"--arch {arch!r} unknown: expected one of {', '.join(ARCHS)}")

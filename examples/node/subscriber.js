@@ -1,5 +1,7 @@
 // Subscribe to an actstream label stream, validate each message against the JSON Schema, print one JSON
-// object per line. Usage: node subscriber.js [ENDPOINT] [--topic T]... [--count N] [--until-end]
+// object per line. Usage: node subscriber.js [ENDPOINT] [--topic T]... [--stream ID]... [--count N] [--until-end]
+// --topic: a head (speech, activity, action) or status; --stream: a stream of `actstream serve`, whose topics
+// are HEAD/ID/ (the closing slash keeps cam1 apart from cam10).
 // Uses only the documented contract: multipart [topic, JSON], stream/schema.json.
 "use strict";
 const fs = require("fs");
@@ -11,11 +13,13 @@ async function main() {
   const args = process.argv.slice(2);
   let endpoint = "tcp://127.0.0.1:5556";
   const topics = [];
+  const streams = [];
   let count = 0;
   let untilEnd = false;
   let schemaPath = path.join(__dirname, "..", "..", "stream", "schema.json");
   for (let i = 0; i < args.length; i++) {
     if (args[i] === "--topic") topics.push(args[++i]);
+    else if (args[i] === "--stream") streams.push(args[++i]);
     else if (args[i] === "--count") count = parseInt(args[++i], 10);
     else if (args[i] === "--until-end") untilEnd = true;
     else if (args[i] === "--schema") schemaPath = args[++i];
@@ -24,13 +28,25 @@ async function main() {
   const validate = new Ajv2020({ strict: false }).compile(JSON.parse(fs.readFileSync(schemaPath, "utf8")));
   const sock = new zmq.Subscriber();
   sock.connect(endpoint);
-  if (topics.length) topics.forEach((t) => sock.subscribe(t));
-  else sock.subscribe();
+  // what to subscribe to (ZeroMQ prefixes) and which received topics to keep
+  let prefixes = [""];
+  let keep = () => true;
+  if (topics.length && streams.length) {
+    const exact = new Set(topics.flatMap((t) => streams.map((s) => `${t}/${s}/`)));
+    prefixes = [...exact];
+    keep = (topic) => exact.has(topic);
+  } else if (streams.length) {
+    keep = (topic) => topic.split("/").length === 3 && streams.some((s) => topic.endsWith(`/${s}/`));
+  } else if (topics.length) {
+    prefixes = topics;
+    keep = (topic) => topics.some((t) => topic === t || (topic.startsWith(t + "/") && topic.split("/").length === 3));
+  }
+  prefixes.forEach((p) => (p ? sock.subscribe(p) : sock.subscribe()));
   const lastSeq = {};
   let n = 0;
   for await (const [topicFrame, payload] of sock) {
     const topic = topicFrame.toString();
-    if (topics.length && !topics.includes(topic)) continue; // ZeroMQ matches prefixes; topics are whole names
+    if (!keep(topic)) continue; // ZeroMQ matches prefixes; topics are whole names
     const msg = JSON.parse(payload.toString());
     if (!validate(msg)) {
       console.error(`invalid message on ${topic}: ${JSON.stringify(validate.errors)}`);

@@ -140,8 +140,8 @@ def annotate(video: str | Path, messages: list[dict], out_path: str | Path) -> i
 
     from actstream.common.errors import SourceError
     from actstream.common.files import shown_path
-    from actstream.stream.mediafile import MediaWriter
     from actstream.stream.orientation import video_orientation
+    from actstream.views.mediafile import MediaWriter
     from actstream.stream.sources import _open_container, _start_time
 
     timed = sorted(messages, key=lambda m: m["t"])

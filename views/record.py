@@ -20,8 +20,8 @@ from pathlib import Path
 from actstream.common.errors import ConfigError, OutputError, SourceError
 from actstream.common.files import shown_path
 from actstream.engines.bundle import MAX_LABEL_CHARS
-from actstream.stream.mediafile import TIME_TOLERANCE_S, MediaWriter, Span
-from actstream.stream.stamping import AudioPlacement, AudioPlacer, VideoStamps
+from actstream.views.mediafile import TIME_TOLERANCE_S, MediaWriter, Span
+from actstream.views.stamping import AudioPlacement, AudioPlacer, VideoStamps
 
 log = logging.getLogger(__name__)
 RATE = 16000
@@ -78,7 +78,7 @@ def record(dataset: str | Path, label: str, seconds: float, camera: str, mic: st
     """Record `seconds` of camera and/or microphone; returns the recording, written atomically and checked.
     Everything that can be known wrong is refused before a device opens or a folder is made."""
     from actstream.stream.capture import CameraCapture, MicCapture
-    from actstream.stream.outputs import check_output_folder
+    from actstream.views.outputs import check_output_folder
     from actstream.stream.rings import FrameQueue
 
     check_label(label)

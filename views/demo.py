@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from actstream.common.errors import SourceError
-from actstream.stream.mediafile import write_media
+from actstream.views.mediafile import write_media
 
 RATE = 16000
 FPS = 25
