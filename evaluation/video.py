@@ -122,19 +122,28 @@ def judge_model(spec: ModelSpec, clips: list[Clip], backend: str = "onnxruntime"
 
 def evaluate_video(spec: ModelSpec, data_root: Path, out_dir: Path, backend: str = "onnxruntime",
                    progress=None) -> dict:
-    """A video model judged on the video test splits of ../shared/data (the clips of the classes it knows):
-    writes report.json and confusion.png to out_dir."""
+    """A video model judged on the video test splits of ../shared/data (the clips of the classes it knows,
+    `other` left to the open-set figures) and, for a model with an `action` head, on what it was never taught
+    (evaluation/openset.py): writes report.json and confusion.png to out_dir."""
     from actstream.evaluation.eval import plot_confusion
+    from actstream.evaluation.openset import open_set
 
     if "video" not in spec.modalities:
         raise ConfigError(f"model {spec.tag} reads no video: judge it with `actstream eval` on audio")
     classes = spec.heads[video_head(spec)]
     clips = [c for d in VIDEO_SETS for c in (_named(c, classes) for c in shared_video_clips(data_root, d, TEST_SPLITS[d]))
-             if c.label in classes]
+             if c.label in classes and c.label != "other"]
     if not clips:
         raise ConfigError(f"model {spec.tag}: none of its classes ({', '.join(classes[:12])}) is in the video test "
                           f"splits of {data_root} (weizmann, ps7, kth): nothing to judge")
-    result = judge_model(spec, clips, backend, progress)
+    engines = open_engines(spec, backend)
+    engines.load()
+    try:
+        result = judge_clips(spec, engines, clips, progress)
+        if "action" in spec.heads:
+            result["open_set"] = open_set(spec, engines, data_root)
+    finally:
+        engines.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": spec.tag, "data": "video test splits: " + ", ".join(
         f"{d} {'/'.join(sorted(TEST_SPLITS[d]))}" for d in VIDEO_SETS), **result}

@@ -136,3 +136,25 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
         engines.close()
         if publisher is not None and publisher.out_error and sys.exc_info()[0] is None:
             raise PublishError(publisher.out_error)  # the run finished; its --out file is incomplete
+
+
+def replay_many(policy, sources: dict, step_ms: int, batch_steps: int = 32) -> dict[str, list[dict]]:
+    """Recordings (id -> an open Source) as streams of one scheduler on the virtual clock, their encoders and
+    LSTM rows batched together: per id, the messages replay publishes for that recording alone (on the
+    `HEAD/ID/` topics, with `stream` and `head`), in order. Evaluation judges many clips this way."""
+    from actstream.stream.publish import Channel, Publisher
+    from actstream.stream.scheduler import Scheduler
+    from actstream.stream.streams import Stream
+
+    spec = policy.recognizer.spec
+    publisher = Publisher(None, None, "replay_many", spec.tag)
+    got: dict[str, list[dict]] = {sid: [] for sid in sources}
+    publisher.listeners.append(lambda m: got[m["stream"]].append(m) if m.get("stream") in got else None)
+    scheduler = Scheduler(policy, publisher, step_ms, False, batch_steps=batch_steps)
+    try:
+        for sid, source in sources.items():
+            scheduler.add(Stream(sid, policy.new_state(), Channel(publisher, sid, source.name), source))
+        scheduler.run()
+    finally:
+        publisher.close()
+    return got

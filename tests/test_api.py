@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import need_shared, run_cli
+from tests.conftest import ROOT, need_shared, run_cli
 
 
 def _push_file(rec, path) -> list:
@@ -57,6 +57,17 @@ def recognizer():
 def test_the_in_process_recognizer_labels_an_av_file_as_replay_does(recognizer, media, tmp_path):
     recognizer.reset()
     _same(_push_file(recognizer, media["mp4"]), _replayed(media["mp4"], tmp_path))
+
+
+def test_the_readmes_example_gives_what_replay_gives(media, tmp_path, capsys):
+    """The README's example, run as written (on the test's A/V file): its steps are replay's."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nimport av\nfrom actstream import Recognizer")
+    code = text[start + len("```python\n"):text.index("```", start + 10)]
+    scope: dict = {}
+    exec(compile(code.replace('"clip.mp4"', repr(str(media["mp4"]))), "README example", "exec"), scope)
+    _same(scope["steps"], _replayed(media["mp4"], tmp_path))
+    assert len(capsys.readouterr().out.splitlines()) == 30  # a line per step
 
 
 def test_a_silent_video_of_a_person_and_a_wav_each_as_replay_does(media, tmp_path):
