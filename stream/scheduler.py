@@ -150,6 +150,7 @@ class Scheduler:
             if sid in self._opening:
                 stream = self._opening.pop(sid)
                 stream.phase = "removed"
+                stream.cancel.set()  # its opener stops retrying
                 self._done[sid] = RunSummary()
                 return True
             if any(s.id == sid for s in self._active + self._joining):

@@ -143,6 +143,7 @@ class Stream:
         if source is not None:
             self.ready.set()
         self._opener: threading.Thread | None = None
+        self.cancel = threading.Event()  # set when the stream is removed while it is still being opened
         self._backoff = Backoff(1.0, 30.0)
         self.retries = 0
 
@@ -154,7 +155,7 @@ class Stream:
         """Open the source on a thread of its own (a camera may take seconds); call on_ready(self) once it is
         open. A failure is the stream's problem: retried with back-off when `retry`, else it has failed."""
         def work():
-            while not stop.is_set():
+            while not stop.is_set() and not self.cancel.is_set():
                 try:
                     source = self.open_source()
                     source.start()
@@ -168,9 +169,12 @@ class Stream:
                     self.retries += 1
                     delay = self._backoff.take()
                     log.warning("stream %s: %s; retrying in %.0f s", self.id, exc, delay)
-                    if stop.wait(delay):
+                    if stop.wait(delay) or self.cancel.is_set():
                         return
                     continue
+                if self.cancel.is_set():  # removed while it opened
+                    source.close()
+                    return
                 self.source, self.phase, self.problem = source, "running", None
                 self._backoff.reset()
                 self.ready.set()

@@ -208,6 +208,18 @@ def test_streams_are_added_removed_and_refused_while_the_process_runs(av, port):
         assert not _request(control, b"\xff not json")["ok"]
         assert not _request(control, {"op": "explode"})["ok"]
         assert not _request(control, {"op": "add", "stream": {"id": "bad id!", "camera": "0"}})["ok"]
+        # a camera that cannot be opened is that stream's problem, retried with back-off, and can be removed
+        dead = f"http://127.0.0.1:{free_port()}/camera.mjpg"
+        assert _request(control, {"op": "add", "stream": {"id": "dead", "camera": dead}})["ok"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            listed = _request(control, {"op": "list"})["streams"]
+            if any(x["id"] == "dead" and x["phase"] == "retrying" and x["problem"] for x in listed):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the dead camera never showed as retrying: {listed}")
+        assert _request(control, {"op": "remove", "id": "dead"})["ok"]
         listed = json.loads("[" + ",".join(run_cli("streams", "list", "--control", control).stdout.split()) + "]")
         assert sorted(s["id"] for s in listed) == ["a", "b"]
         r = run_cli("streams", "remove", "a", "--control", control)
