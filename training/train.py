@@ -319,8 +319,13 @@ def _action_accuracy(temporal, spec: ModelSpec, video: _ActionData, audio: np.nd
 
 
 STILL_STEPS = 40  # a held frame's piece: 4 s
-REST_PER_RECORDING = 2  # clips of a person at rest made from frames of each training recording (`still`)
+HELD_FRAMES = False  # a frame held perfectly still (no noise, no motion) taught as `still`: no camera gives one,
+# and it taught that a pose held inside an action (PS7's arms over the head) is `still`
+REST_PER_RECORDING = 3  # clips of a person at rest made from frames of each training recording (`still`)
 REST_STEPS = 50
+# ... from the frames of its first half second, where a person is before the action (PS7's arms are still down):
+# a pose held inside an action (arms raised over the head) is that action, not `still`
+REST_FROM_FIRST = 5
 SHAPES_CLIPS, SHAPES_STEPS = 40, 50  # clips of generated motion without a person (`other`)
 
 
@@ -335,7 +340,7 @@ def _recording_frames(path: Path, step_ms: int) -> list[np.ndarray]:
 
 def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
     """The video training splits through the run-time path (FileSource, front end, EfficientNet-Lite0, flow),
-    cached; mirrored where no two classes move opposite ways; per recording its middle frame held still
+    cached; mirrored where no two classes move opposite ways; per recording its first frame held still
     (appearance without motion: the flow is zeros, as a still scene gives) and clips of its people at rest
     (training/negatives.py) for `still`; a quarter turn of each recording of a class, and generated motion,
     for `other`."""
@@ -362,10 +367,11 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
             for j in range(REST_PER_RECORDING):
                 def rest(digest=digest, j=j, frames=frames):
                     rng = np.random.default_rng([j, int(digest[:8], 16)])
-                    got = frames()
+                    got = frames()[:REST_FROM_FIRST]
                     return negatives.rest_frames(got[int(rng.integers(len(got)))], rng, REST_STEPS)
-                made.append((frames_embeddings(rest, {"rest": digest, "j": j, "rev": negatives.REVISION},
-                                               spec, engines), still, _held_out(item.path)))
+                made.append((frames_embeddings(rest, {"rest": digest, "j": j, "rev": negatives.REVISION,
+                                                      "first": REST_FROM_FIRST}, spec, engines),
+                             still, _held_out(item.path)))
             if item.label != OTHER:
                 turn = int(digest[:8], 16) % 2 == 1
                 made.append((frames_embeddings(lambda frames=frames, turn=turn: negatives.rotated(frames(), turn),
@@ -382,12 +388,13 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
         engines.close()
     labels = [ACTION_CLASSES.index(i.label) for i in items]
     held_out = [_held_out(i.path) for i in items]
-    for v, h in zip(list(embs), list(held_out)):
-        frame = v[0]["video"][len(v[0]["video"]) // 2]
-        embs.append([{"video": np.repeat(frame[None], STILL_STEPS, 0),
-                      "flow": np.zeros((STILL_STEPS, spec.flow.pair_dim), np.float32)}])
-        labels.append(still)
-        held_out.append(h)
+    if HELD_FRAMES:
+        for v, h in zip(list(embs), list(held_out)):
+            frame = v[0]["video"][0]  # the first frame, before the action (see REST_FROM_FIRST)
+            embs.append([{"video": np.repeat(frame[None], STILL_STEPS, 0),
+                          "flow": np.zeros((STILL_STEPS, spec.flow.pair_dim), np.float32)}])
+            labels.append(still)
+            held_out.append(h)
     for e, label, h in made:
         embs.append([e])
         labels.append(label)
