@@ -138,10 +138,12 @@ class _Worker:
     state: str = "starting"  # starting, idle, busy, restarting
     labelled: int = 0
     probe_at: float = 0.0
+    node: str | None = None  # the Ray node it last said it runs on
 
 
 class _Job:
-    """The driver's loop: workers, the queue, what is in flight."""
+    """The driver's loop: workers, the queue, what is in flight. progress gets one event per recording started,
+    done, failed or retried: {event, name, worker, node, reason, done, total}."""
 
     def __init__(self, ray, cfg, todo: list[Recording], out: Path, opts: BatchOptions, summary: BatchSummary,
                  progress, stop: threading.Event, started: float):
@@ -211,7 +213,7 @@ class _Job:
             self._lost(w, rec, attempt, exc)
             return
         if kind == "ready":
-            w.state = "idle"
+            w.state, w.node = "idle", result["node"]
             if self.first_ready is None:
                 self.first_ready = time.perf_counter()
                 self.summary.startup_s = self.first_ready - self.started
@@ -251,7 +253,7 @@ class _Job:
 
     def _event(self, event: str, rec: Recording, w: _Worker, reason: str | None = None) -> None:
         if self.progress is not None:
-            self.progress({"event": event, "name": rec.name, "worker": w.index, "reason": reason,
+            self.progress({"event": event, "name": rec.name, "worker": w.index, "node": w.node, "reason": reason,
                            "done": self.summary.recordings - self.summary.skipped - self.left,
                            "total": self.summary.recordings - self.summary.skipped})
 

@@ -7,8 +7,8 @@ placed by resources (`cpus`/`gpus` each, spread over the nodes; one per node by 
 without limit.
 
 The supervisor holds what should run where (stream -> shard, epoch) and reconciles it with what each shard
-says it runs, every POLL_S: a shard that has not answered for LOST_S (its node is gone, or its process) loses
-its streams to the shards that answer, the least loaded first, each started again with its epoch one higher
+says it runs, every POLL_S: a shard that Ray says died (its node or its process was lost: Ray notices in about
+2 s), or that has not answered for LOST_S, loses its streams to the shards that answer, the least loaded first, each started again with its epoch one higher
 (a status with `restarted: true` first, seq from 0, its LSTM state afresh); a shard that answers without a
 stream it should run (Ray restarted it: a new process, no state) starts it again the same way; a shard still
 running a stream that moved away is told to drop it. A stream that ends or fails (a recording's end, a file
@@ -30,7 +30,8 @@ from actstream.common.errors import ConfigError
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # how often the shards are asked what they run
-LOST_S = 2.0  # a shard silent this long has lost its streams to the others
+LOST_S = 5.0  # a shard silent this long (hung, or a node Ray has not given up on yet) loses its streams
+STARTUP_S = 60.0  # how long the shards may take to start (Ray's workers, the model's engines)
 ADD_WAIT_S = 10.0  # how long `streams add` waits for the shard's answer
 FORWARDER_KEY = "shard"  # with keys: the shards' client key pair, DIR/shard.key_secret (actstream keys DIR --client shard)
 
@@ -75,6 +76,7 @@ class _ShardState:
     answer_asked: float = 0.0  # when the question of `answer` was asked: streams added later are not in it
     restarts: int = 0
     pid: int | None = None
+    down: bool = False  # Ray said it died or is restarting (its node or process was lost)
 
 
 class ClusterServer:
@@ -114,6 +116,7 @@ class ClusterServer:
             self.shards = [_ShardState(shard_class.remote(cfg, f"shard{i}", inbound, curve), f"shard{i}")
                            for i in range(n)]
             self.feed.wait_ready(5.0)
+            self._wait_for_shards()
             if opts.control:
                 from actstream.stream.control import ControlServer
 
@@ -122,6 +125,21 @@ class ClusterServer:
             self.close()
             raise
         self.step_ms = cfg.step.resolve(spec.step_ms, spec.name)
+
+    def _wait_for_shards(self) -> None:
+        """Until every shard answered once (its model loaded), STARTUP_S at most; ConfigError if none did."""
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline and not self.stop.is_set():
+            self._poll()
+            if all(s.answer is not None for s in self.shards):
+                return
+        up = [s.name for s in self.shards if s.answer is not None]
+        if not up:
+            raise ConfigError(f"no shard started within {STARTUP_S:.0f} s: check that the cluster has "
+                              f"{self.opts.cpus:g} CPU(s) free per shard (--cpus-per-shard) and that actstream is "
+                              f"installed on its nodes")
+        log.warning("%d of %d shards started within %.0f s; serving on %s", len(up), len(self.shards), STARTUP_S,
+                    ", ".join(up))
 
     def _reachable(self, bound: str) -> str:
         """The inbound endpoint as the shards connect to it: a wildcard bind becomes this node's address."""
@@ -228,14 +246,17 @@ class ClusterServer:
                 answer = self.ray.get(ref, timeout=0)
             except (RayActorError, GetTimeoutError) as exc:
                 log.debug("%s: %s", s.name, exc)
+                s.down = s.down or isinstance(exc, RayActorError)
                 continue
             if s.pid is not None and answer["pid"] != s.pid:
                 s.restarts += 1
                 log.warning("%s was restarted by Ray (pid %s, node %s)", s.name, answer["pid"], answer["node"][:12])
-            s.pid, s.answer, s.answer_asked, s.last_ok = answer["pid"], answer, s.asked, now
+            s.pid, s.answer, s.answer_asked, s.last_ok, s.down = answer["pid"], answer, s.asked, now, False
 
     def _up(self, i: int) -> bool:
-        return time.monotonic() - self.shards[i].last_ok < LOST_S and self.shards[i].answer is not None
+        """The shard answers: Ray has not said it died, and it answered within LOST_S."""
+        s = self.shards[i]
+        return s.answer is not None and not s.down and time.monotonic() - s.last_ok < LOST_S
 
     def _least_loaded(self, avoid: set[int]) -> int | None:
         """(Under the lock.) The shard that answers with the fewest live streams."""
