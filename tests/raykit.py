@@ -50,8 +50,8 @@ class LoopbackCluster:
         """SIGKILL every process of the node (its raylet, object store, workers) at once; the time it died."""
         from ray._private import ray_constants
 
-        raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-        for pid in _children(raylet):
+        raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) or []
+        for pid in _children(raylets[0].process.pid) if raylets else []:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -15,7 +15,7 @@ import pytest
 
 from actstream.cluster.raynodes import listeners_beyond_loopback
 from actstream.views.demo import write_media
-from tests.conftest import free_port, need_shared, run_cli, tone_and_noise
+from tests.conftest import ROOT, free_port, need_shared, run_cli, tone_and_noise
 from tests.raykit import LoopbackCluster
 from tests.test_serve import Sub
 
@@ -168,6 +168,11 @@ def test_live_streams_over_three_nodes_come_back_after_a_node_dies_and_a_late_jo
         _, status = sub.wait_for(lambda t, m: t == "status" and "cam0" not in m["streams"]
                                  and "cam8" in m["streams"], 10, "the cluster status without cam0")
         assert status["shards"][victim.name]["answers"] is False
+        import jsonschema
+
+        contract = jsonschema.Draft202012Validator(json.loads((ROOT / "stream" / "schema.json").read_text()))
+        for _, m in sub.msgs:  # every message through the forwarder is the contract's
+            contract.validate(m)
     finally:
         stop.set()
         runner.join(30)
