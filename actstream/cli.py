@@ -608,6 +608,8 @@ def cmd_build(args) -> int:
 def cmd_bench(args) -> int:
     if args.streams:
         return _bench_streams(args)
+    if args.batch:
+        return _bench_batch(args)
     from actstream.bench.run import run_bench
 
     report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
@@ -633,6 +635,27 @@ def _bench_streams(args) -> int:
         work.mkdir(parents=True, exist_ok=True)
         result = run_streams_bench(work, counts=counts, seconds=seconds, json_out=args.json, png_out=args.png,
                                    progress=_progress())
+    print(table(result))
+    return 0
+
+
+def _bench_batch(args) -> int:
+    from actstream.bench.batch import run_batch_bench, table
+
+    data = Path(args.data)
+    if not (data / "manifests").is_dir():
+        raise ConfigError(f"--data {shown_path(data)}: has no manifests/ folder: pass the shared data folder "
+                          f"(../shared/data), whose test splits are relabelled")
+    if args.limit is not None and not 1 <= args.limit <= 100_000:
+        raise ConfigError(f"--limit {args.limit}: pass 1 to 100000 recordings, or leave it out for every one")
+    try:
+        counts = tuple(int(x) for x in args.counts.split(",")) if args.counts else (1000, 2000)
+    except ValueError as exc:
+        raise ConfigError(f"--counts {args.counts!r}: expected stream counts like 1000,2000") from exc
+    if not all(1 <= c <= 100_000 for c in counts):
+        raise ConfigError(f"--counts {args.counts!r}: each count from 1 to 100000")
+    result = run_batch_bench(data, Path(args.dir) if args.dir else None, args.limit or 0, args.json, counts,
+                             args.seconds or 20.0)
     print(table(result))
     return 0
 
@@ -954,8 +977,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "--streams, seconds measured per point (default 60)")
     be.add_argument("--streams", action="store_true", help="how many paced A/V streams one `serve` process holds "
                                                           "against one `replay --realtime` process per stream")
-    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32)")
+    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32); "
+                                     "--batch: the streams offered to the forwarder (default 1000,2000)")
     be.add_argument("--png", help="--streams: draw the curve (p99 and CPU against streams) to this PNG")
+    be.add_argument("--batch", action="store_true", help="the shared test recordings relabelled by `actstream "
+                                                        "batch` (1 and 2 workers) against a shell loop of replay, "
+                                                        "and the forwarder's throughput")
+    be.add_argument("--data", default="../shared/data", help="--batch: the shared data folder (default %(default)s)")
+    be.add_argument("--limit", type=int, help="--batch: this many of the test recordings (default: all)")
     be.set_defaults(fn=cmd_bench)
 
     tr = sub.add_parser("train", help="train a model from a dataset folder or manifest (or the default model)")

@@ -263,7 +263,7 @@ def run_batch(cfg, recordings: list[Recording], out: Path, opts: BatchOptions, p
     """Label every recording not finished yet in `out` (cluster/recordings.py) with a pool of Ray actors.
     progress: callable(event dict) for each recording started, done, failed or retried (a bar, a test)."""
     from actstream.cluster.raynodes import alive_nodes, start_ray, stop_ray
-    from actstream.cluster.recordings import finished
+    from actstream.cluster.recordings import finished, forget_unfinished
 
     t0 = time.perf_counter()
     summary = BatchSummary(recordings=len(recordings))
@@ -271,6 +271,8 @@ def run_batch(cfg, recordings: list[Recording], out: Path, opts: BatchOptions, p
     summary.skipped = len(recordings) - len(todo)
     if not todo:
         return summary
+    for rec in todo:  # what a stopped run left half written is written again, whole
+        forget_unfinished(out, rec)
     ray, started_here = start_ray(opts.address)
     try:
         n = opts.workers

@@ -16,6 +16,7 @@ its outputs would mix two models) and the last run's summary.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import stat
@@ -134,6 +135,14 @@ def finished(out: Path, rec: Recording) -> bool:
     return (out / rec.name).is_file()
 
 
+def forget_unfinished(out: Path, rec: Recording) -> None:
+    """Remove what a stopped run left of a recording's output (its `.part` files); one batch per --out at a time."""
+    final = out / rec.name
+    if final.parent.is_dir():
+        for part in final.parent.glob(f"{glob.escape(final.name)}.*{PART}"):
+            part.unlink(missing_ok=True)
+
+
 def write_output(out: Path, rec: Recording, data: bytes) -> None:
     """The recording's labels, written whole: to a temporary file beside it, synced, then renamed over the
     output (a run killed meanwhile leaves a `.part`, never a short output)."""
@@ -167,7 +176,7 @@ def check_job(out: Path, settings: dict) -> None:
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{shown_path(path)} is not a batch record: remove it, or choose another --out") from exc
     if before != settings:
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = [k for k in [*settings, *before] if before.get(k) != settings.get(k)]  # the model first
         raise ConfigError(f"--out {shown_path(out)} holds labels made with other settings ({', '.join(changed)}: "
                           f"{before.get(changed[0])!r} then, {settings.get(changed[0])!r} now): choose another "
                           f"--out, or remove its outputs to label them again")
