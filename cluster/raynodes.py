@@ -3,7 +3,7 @@ by hand), or an existing cluster (`--address auto|HOST:PORT`).
 
 A local Ray listens on 127.0.0.1 only: its node address is the loopback, and Ray is told not to look for the
 machine's outward address (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read when `ray` is first imported, so it is set
-before that); no dashboard. Node failures are noticed within about 2 s (GCS health checks every 500 ms, three
+before that); no dashboard, no usage report (RAY_USAGE_STATS_ENABLED=0). Node failures are noticed within about 2 s (GCS health checks every 500 ms, three
 missed), so a lost node's actors restart elsewhere quickly. A cluster that is joined is the operator's: its
 addresses, ports and TLS are as it was started (README "Beyond one machine").
 """
@@ -43,6 +43,7 @@ def import_ray(local: bool):
     which must stay on the loopback: the environment says so before the first import."""
     if local:
         os.environ[CLUSTER_ENV] = "0"
+        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # Ray's usage report would be its only traffic off this machine
     try:
         import ray
     except ImportError as exc:

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from actstream.common.errors import ConfigError
+from actstream.common.errors import ConfigError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class ClusterServer:
         self.shards: list[_ShardState] = []
         self.forwarder = self.control = self.feed = self.status = None
         self._ray_started = False
+        self._status_too_large = False
         self.started_at = time.monotonic()
         spec = load_spec(cfg.model.path)
         if not spec.causal:
@@ -336,9 +337,17 @@ class ClusterServer:
                       for i, s in enumerate(self.shards)}
             statuses = [s.answer["status"] for i, s in enumerate(self.shards)
                         if self._up(i) and s.answer.get("status")]
+        fwd = self.forwarder
         fields = {"state": state, "streams": phases, "shards": shards, "clock": "wall", "step_ms": self.step_ms,
-                  "backend": self.cfg.model.backend, **_sum_ticks(statuses)}
-        self.status.publish("status", time.monotonic() - self.started_at, time.time(), state, None, {}, **fields)
+                  "backend": self.cfg.model.backend, **_sum_ticks(statuses),
+                  "forwarder": {"passed": fwd.passed, "rejected": fwd.rejected, "welcomes": fwd.welcomes,
+                                "overflows": sum(list(fwd.bus_overflows.values()))}}
+        try:
+            self.status.publish("status", time.monotonic() - self.started_at, time.time(), state, None, {}, **fields)
+        except PublishError as exc:  # thousands of streams make it larger than a message may be
+            if not self._status_too_large:
+                log.warning("the cluster status is not published: %s", exc)
+            self._status_too_large = True
 
     def close(self) -> None:
         """Shards, control, status feed, forwarder, Ray (if this process started it). Idempotent."""
