@@ -83,7 +83,6 @@ class BatchWorker:
     def __init__(self, cfg):
         from actstream.stream.pipeline import open_model
 
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the CLI does: numpy's small products on one thread
         from actstream.engines.bundle import load_spec
 
         self.cfg = cfg
@@ -157,8 +156,10 @@ class _Job:
         self.first_ready: float | None = None
 
     def _actor_class(self):
+        from actstream.cluster.raynodes import worker_env
+
         return self.ray.remote(BatchWorker).options(num_cpus=self.opts.cpus, num_gpus=self.opts.gpus,
-                                                    max_restarts=-1, max_task_retries=0,
+                                                    max_restarts=-1, max_task_retries=0, runtime_env=worker_env(),
                                                     scheduling_strategy="SPREAD")
 
     def _new_worker(self, index: int) -> _Worker:

@@ -67,12 +67,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus:
     # Ray's own lines (its start, its token authentication) only with -v: the product says what matters
     level = logging.INFO if logging.getLogger().getEffectiveLevel() < logging.WARNING else logging.ERROR
     quiet = dict(log_to_driver=False, logging_level=level)
+    handlers = _signal_handlers()
     try:
         if address is None:
             ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus,
                      _system_config=FAST_FAILURE, **quiet)
         else:
             ray.init(address=address, **quiet)
+        _restore(handlers)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"cannot {'start a local Ray' if address is None else 'join the Ray cluster at ' + address}: "
                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
@@ -86,11 +88,42 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, num_gpus:
     return ray, True
 
 
+def _signal_handlers() -> dict:
+    """SIGINT's and SIGTERM's handlers as the caller set them (the main thread only can)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    """Ray's core worker installs its own SIGTERM handler, which ends the process at once: the caller's (the
+    command stops cleanly, outputs flushed) are put back."""
+    import signal
+
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 def _imported_and_connected() -> bool:
     import sys
 
     ray = sys.modules.get("ray")
     return ray is not None and ray.is_initialized()
+
+
+def worker_env() -> dict:
+    """A runtime_env for actstream's actors: the environment the `actstream` command sets for itself (one BLAS
+    thread, as replay has, so that workers compute what replay computes; the libraries' own lines quiet), set
+    before the worker process imports numpy."""
+    env = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for var in ("OPENCV_LOG_LEVEL", "OPENCV_FFMPEG_LOGLEVEL"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    return {"env_vars": env}
 
 
 def stop_ray(started_here: bool) -> None:

@@ -83,7 +83,7 @@ class ClusterServer:
     """Build it (forwarder, Ray, shards, control), add streams, run() until stop is set; close() in order."""
 
     def __init__(self, cfg, opts: ClusterOptions, stop: threading.Event | None = None):
-        from actstream.cluster.raynodes import alive_nodes, start_ray
+        from actstream.cluster.raynodes import alive_nodes, start_ray, worker_env
         from actstream.engines.bundle import load_spec
         from actstream.stream.forward import Feed, Forwarder, feed_keys
         from actstream.stream.publish import Publisher
@@ -113,7 +113,7 @@ class ClusterServer:
             n = opts.shards or len(alive_nodes(self.ray))
             shard_class = self.ray.remote(_shard_class()).options(
                 num_cpus=opts.cpus, num_gpus=opts.gpus, max_restarts=-1, max_task_retries=0,
-                scheduling_strategy="SPREAD")
+                runtime_env=worker_env(), scheduling_strategy="SPREAD")
             self.shards = [_ShardState(shard_class.remote(cfg, f"shard{i}", inbound, curve), f"shard{i}")
                            for i in range(n)]
             self.feed.wait_ready(5.0)

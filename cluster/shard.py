@@ -41,7 +41,6 @@ class Shard:
         from actstream.stream.forward import Feed
         from actstream.stream.serve import ServeOptions, Server
 
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.name = name
         self.feed = Feed(inbound, curve)
         if not self.feed.wait_ready(READY_S):

@@ -179,3 +179,31 @@ def test_live_streams_over_three_nodes_come_back_after_a_node_dies_and_a_late_jo
         sub.close()
         server.close()
         ray_cluster.remove_all()
+
+
+@pytest.mark.slow
+def test_serve_cluster_on_a_local_ray_started_by_the_command(tmp_path):
+    """`actstream serve --cluster` as a user runs it: a local Ray inside the command, the forwarder, the control
+    endpoint; SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import sys
+
+    files = _stream_files(tmp_path, 2)
+    endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "serve", "--cluster", "--stream",
+                             f"a=file:{files[0]},loop", "--publish", endpoint, "--control", control, "--inbound",
+                             f"tcp://127.0.0.1:{free_port()}"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    sub = Sub(endpoint, [""])
+    try:
+        sub.wait_for(lambda t, m: t == "speech/a/" and m["seq"] >= 5, 120, "a's labels")
+        r = run_cli("streams", "add", f"b=file:{files[1]},loop", "--control", control)
+        assert r.returncode == 0, r.stderr
+        sub.wait_for(lambda t, m: t == "speech/b/" and m["seq"] >= 5, 60, "b's labels")
+        _, status = sub.wait_for(lambda t, m: t == "status" and set(m["streams"]) == {"a", "b"}, 10, "the status")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        sub.close()
+    assert proc.returncode == 0, err
+    assert list(status["shards"]) == ["shard0"] and status["forwarder"]["passed"] > 0

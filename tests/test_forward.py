@@ -162,3 +162,28 @@ def test_a_non_loopback_bind_without_keys_is_refused(free_tcp_port_pair=None):
         Forwarder("tcp://0.0.0.0:*", LOCAL)
     r = run_cli("forward", "--publish", "tcp://0.0.0.0:5999", "--inbound", "tcp://127.0.0.1:5998")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not loopback" in r.stderr, r.stderr
+
+
+def test_actstream_forward_runs_alone_and_counts_what_it_passed():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    endpoint, inbound = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen([sys.executable, "-m", "actstream.cli", "forward", "--publish", endpoint, "--inbound",
+                             inbound, "--seconds", "30"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    feed = Feed(inbound)
+    ctx, sock = subscriber(endpoint, b"speech/")
+    try:
+        assert feed.wait_ready(20), "the forwarder never subscribed"
+        feed.send("speech/door/", label("speech/door/", 0))
+        got = received(sock, lambda got: len(got) >= 1, timeout_s=20)
+        assert [(t, m["seq"]) for t, m in got] == [("speech/door/", 0)]
+    finally:
+        sock.close(0)
+        ctx.term()
+        feed.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "forwarded 1 message(s), dropped 0" in err, err
