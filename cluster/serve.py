@@ -168,9 +168,11 @@ class ClusterServer:
             if shard is None:
                 raise ConfigError("no shard answers yet: wait for the cluster to start, or check its nodes")
             entry = _Entry(spec.to_dict(), shard)
+            entry.adding = self.shards[shard].actor.add.remote(entry.table, 0)
+            entry.since = time.monotonic()  # after the call: any later question reaches the shard after it
             self.streams[spec.id] = entry
         try:
-            reply = self.ray.get(self.shards[shard].actor.add.remote(entry.table, 0), timeout=ADD_WAIT_S)
+            reply = self.ray.get(entry.adding, timeout=ADD_WAIT_S)
         except Exception as exc:  # the shard was lost meanwhile: the supervisor starts it elsewhere
             log.warning("stream %s: its shard did not answer (%s); the supervisor will place it", spec.id, exc)
             return spec.id
@@ -268,7 +270,6 @@ class ClusterServer:
         return min(load, key=lambda i: (load[i], i)) if load else None
 
     def _reconcile(self) -> None:
-        now = time.monotonic()
         moves = []
         with self._lock:
             for sid, e in self.streams.items():
@@ -293,7 +294,7 @@ class ClusterServer:
                     target = self._least_loaded({e.shard})
                     if target is None:
                         continue  # no shard answers: wait
-                e.shard, e.epoch, e.since = target, e.epoch + 1, now
+                e.shard, e.epoch = target, e.epoch + 1
                 moves.append((sid, e, why))
             stale = [(i, sid) for i, s in enumerate(self.shards) if self._up(i)
                      for sid in (s.answer or {}).get("streams", {})
@@ -301,6 +302,7 @@ class ClusterServer:
         for sid, e, why in moves:
             log.warning("stream %s: %s; starting it on %s (epoch %d)", sid, why, self.shards[e.shard].name, e.epoch)
             e.adding = self.shards[e.shard].actor.add.remote(e.table, e.epoch, why)
+            e.since = time.monotonic()
         for i, sid in stale:
             self.shards[i].actor.remove.remote(sid)
 
