@@ -27,7 +27,7 @@ $(VENV)/.system: Makefile
 $(VENV)/.installed: pyproject.toml $(VENV)/.system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,cluster]'
 	@touch $@
 
 demo: setup

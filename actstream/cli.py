@@ -1,4 +1,4 @@
-"""The `actstream` command: replay, live, listen, devices, demo, train.
+"""The `actstream` command: replay, live, listen, serve, batch, forward, devices, demo, train.
 
 Only this module configures logging, installs signal handlers and exits; the library raises.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from actstream.stream.config import Config, load_config
 from actstream.common.errors import ActstreamError, ConfigError, PublishError, SourceError
 from actstream.common.files import escaped, shown_path
-from actstream.stream.pipeline import RunOptions, run_pipeline
+from actstream.stream.pipeline import RunOptions, check_modalities, run_pipeline
 
 log = logging.getLogger("actstream")
 
@@ -123,7 +123,7 @@ def cmd_replay(args) -> int:
                         use_video="video" in spec.modalities or args.show,  # --show shows the picture anyway
                         min_seconds=step_ms / 1000.0)  # shorter than one step gives no label
     try:
-        _check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
+        check_modalities(spec, source.has_audio_track, source.has_video_track, str(args.path))
         if args.annotate and not source.has_video_track:
             raise SourceError(f"{shown_path(args.path)}: has no video track to annotate: use --plot OUT.png for "
                               f"audio-only recordings")
@@ -168,22 +168,6 @@ def _write_stats(path: str, summary) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _check_modalities(spec, has_audio: bool, has_video: bool, what: str) -> None:
-    if spec.head_inputs is not None:  # each head publishes where its input is: one head with input is enough
-        have = {m for m, ok in (("audio", has_audio), ("video", has_video)) if ok}
-        if not any(set(need) <= have for need in spec.head_inputs.values()):
-            raise SourceError(f"{what}: has no {' and no '.join(spec.modalities)}, and every head of model "
-                              f"{spec.name} needs one: pass a recording or devices with "
-                              f"{' or '.join(spec.modalities)}")
-        return
-    if "audio" in spec.modalities and not has_audio:
-        raise SourceError(f"{what}: has no audio, but model {spec.name} ({spec.arch}) needs audio: "
-                          f"pass --audio FILE (replay) or a microphone, or use a video model")
-    if "video" in spec.modalities and not has_video:
-        raise SourceError(f"{what}: has no video, but model {spec.name} ({spec.arch}) needs video: "
-                          f"pass a file with video or a camera, or use an audio model")
-
-
 def cmd_live(args) -> int:
     from actstream.engines.bundle import load_spec
 
@@ -200,7 +184,7 @@ def cmd_live(args) -> int:
     # a device the model does not use is not opened
     camera = live.camera if "video" in spec.modalities or args.show else "none"
     mic = live.mic if "audio" in spec.modalities else "none"
-    _check_modalities(spec, mic != "none", camera != "none", "live input")
+    check_modalities(spec, mic != "none", camera != "none", "live input")
     _check_run_outputs(cfg, spec, {"--out": args.out},
                        {"--config": args.config, "--camera": camera if os.path.isfile(camera) else None})
     _check_metrics_port(args.metrics_port)
@@ -340,6 +324,12 @@ def cmd_serve(args) -> int:
 
     cfg = _apply_common(load_config(args.config), args)
     cfg = cfg.override("serve", control=args.control)
+    if args.cluster:
+        return _serve_cluster(args, cfg)
+    cluster_only = [f for f, v in (("--address", args.address), ("--shards", args.shards), ("--inbound", args.inbound),
+                                   ("--cpus-per-shard", args.cpus), ("--gpus-per-shard", args.gpus)) if v is not None]
+    if cluster_only:
+        raise ConfigError(f"{cluster_only[0]} goes with --cluster: pass --cluster to spread the streams over Ray")
     specs = read_streams_file(args.streams, cfg.serve.max_streams) if args.streams else []
     specs = check_unique(specs + [parse_stream_option(v) for v in args.stream or []], "the streams given")
     if len(specs) > cfg.serve.max_streams:
@@ -370,6 +360,141 @@ def cmd_serve(args) -> int:
     steps = sum(r.steps for r in done.values())
     print(f"actstream: served {len(done)} stream(s), {steps} steps", file=sys.stderr)
     return 0
+
+
+def _stop_on_signals():
+    """An Event that SIGINT and SIGTERM set, and a function that puts the previous handlers back."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    return stop, lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+
+def _cluster_resources(what: str, count: int | None, cpus: float | None, gpus: float | None) -> tuple:
+    """--workers/--shards, --cpus-per-*, --gpus-per-*: checked before anything starts."""
+    import math
+
+    if count is not None and not 0 <= count <= 10_000:
+        raise ConfigError(f"--{what}s {count}: pass 1 to 10000, or 0 for as many as the cluster holds")
+    for flag, v, low in ((f"--cpus-per-{what}", cpus, 0.0), (f"--gpus-per-{what}", gpus, 0.0)):
+        if v is not None and not (math.isfinite(v) and low <= v <= 1024):
+            raise ConfigError(f"{flag} {v}: pass a number from 0 to 1024 (fractions share a core or GPU)")
+    return count or 0, 1.0 if cpus is None else cpus, gpus or 0.0
+
+
+def _serve_cluster(args, cfg) -> int:
+    from actstream.cluster.raynodes import check_address
+    from actstream.cluster.serve import ClusterOptions, ClusterServer
+    from actstream.stream.security import check_bind
+    from actstream.stream.streamsfile import check_unique, parse_stream_option, read_streams_file
+
+    specs = read_streams_file(args.streams, 100_000) if args.streams else []
+    specs = check_unique(specs + [parse_stream_option(v) for v in args.stream or []], "the streams given")
+    if args.out:
+        raise ConfigError("--out is one process's file; with --cluster the messages meet at the forwarder: "
+                          "`actstream listen ENDPOINT > FILE.jsonl` writes them")
+    if args.seconds is not None and not (0 < args.seconds <= 1e9):
+        raise ConfigError(f"--seconds {args.seconds}: pass seconds above 0, or leave it out to run until stopped")
+    shards, cpus, gpus = _cluster_resources("shard", args.shards, args.cpus, args.gpus)
+    publish = _endpoint(args.publish, cfg)
+    if publish is None:
+        raise ConfigError("--publish none: with --cluster the forwarder is where subscribers connect: give an endpoint")
+    inbound = args.inbound or "tcp://127.0.0.1:5558"
+    check_bind(inbound, cfg.publish.keys or None, cfg.publish.insecure)
+    control = None if cfg.serve.control == "none" else cfg.serve.control
+    opts = ClusterOptions(publish, inbound, control, check_address(args.address), shards, cpus, gpus,
+                          args.seconds or 0.0)
+    stop, restore = _stop_on_signals()
+    server = None
+    try:
+        server = ClusterServer(cfg, opts, stop)
+        for spec in specs:
+            server.add(spec.to_dict())
+        log.warning("serving %d stream(s) on %d shard(s); subscribers: %s%s", len(specs), len(server.shards),
+                    server.forwarder.endpoint, f", control: {control}" if control else "")
+        server.run()
+    finally:
+        restore()
+        if server is not None:
+            server.close()
+    return 0
+
+
+def cmd_forward(args) -> int:
+    import math
+
+    from actstream.stream.forward import Forwarder
+
+    cfg = _apply_common(load_config(args.config), args)
+    if args.seconds is not None and not (math.isfinite(args.seconds) and 0 < args.seconds <= 1e9):
+        raise ConfigError(f"--seconds {args.seconds}: pass seconds above 0, or leave it out to run until stopped")
+    stop, restore = _stop_on_signals()
+    fwd = Forwarder(args.publish or cfg.publish.endpoint, args.inbound, cfg.publish.keys or None,
+                    cfg.publish.insecure, cfg.publish.hwm)
+    try:
+        log.warning("forwarding what publishers send to %s on to subscribers of %s", fwd.inbound, fwd.endpoint)
+        stop.wait(args.seconds)
+    finally:
+        restore()
+        fwd.close()
+    print(f"actstream: forwarded {fwd.passed} message(s), dropped {fwd.rejected} that were no label messages",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_batch(args) -> int:
+    from actstream.cluster.batch import BatchOptions, run_batch
+    from actstream.cluster.raynodes import check_address
+    from actstream.cluster.recordings import MEDIA, check_job, find_recordings, job_settings, write_job
+    from actstream.engines.bundle import load_spec
+    from actstream.views.outputs import check_output_folder
+
+    cfg = _apply_common(load_config(args.config), args)
+    spec = load_spec(cfg.model.path)
+    cfg.step.resolve(spec.step_ms, spec.name)
+    address = check_address(args.address)
+    workers, cpus, gpus = _cluster_resources("worker", args.workers, args.cpus, args.gpus)
+    check_output_folder("--out", args.out)
+    out = Path(args.out)
+    recordings = find_recordings(args.data, args.root)
+    if not recordings:
+        raise ConfigError(f"{shown_path(args.data)} holds no recordings ({', '.join(sorted(MEDIA))}): pass a folder "
+                          f"of them or a manifest")
+    settings = job_settings(cfg, spec)
+    check_job(out, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    stop, restore = _stop_on_signals()
+    try:
+        summary = run_batch(cfg, recordings, out, BatchOptions(address, workers, cpus, gpus), _batch_progress(),
+                            stop)
+    finally:
+        restore()
+    write_job(out, settings, summary.to_dict())
+    for line in batch_report(summary):
+        print(escaped(line))
+    if stop.is_set():
+        return 130
+    return 1 if summary.failed else 0
+
+
+def batch_report(summary) -> list[str]:
+    """The summary of `actstream batch`, as printed: one line, then one per failed recording."""
+    s = summary
+    lines = [f"actstream batch: {s.recordings} recording(s): {s.labelled} labelled, {s.skipped} skipped (finished "
+             f"before), {len(s.failed)} failed; {s.media_s / 3600:.3f} h of media in {s.wall_s / 3600:.4f} h "
+             f"({s.media_hours_per_hour:.1f} h of media per hour) on {s.workers} worker(s)"
+             + (f"; {s.retried} retried after a lost worker" if s.retried else "")]
+    lines += [f"failed: {name}: {why}" for name, why in sorted(s.failed.items())]
+    return lines
+
+
+def _batch_progress():
+    bar = _progress()
+    if bar is None:
+        return None
+    return lambda ev: bar("batch (recordings)", ev["done"], ev["total"]) if ev["event"] != "start" else None
 
 
 def cmd_streams(args) -> int:
@@ -483,6 +608,8 @@ def cmd_build(args) -> int:
 def cmd_bench(args) -> int:
     if args.streams:
         return _bench_streams(args)
+    if args.batch:
+        return _bench_batch(args)
     from actstream.bench.run import run_bench
 
     report = run_bench(quick=args.quick, video=args.video, json_out=args.json, device=args.device,
@@ -508,6 +635,27 @@ def _bench_streams(args) -> int:
         work.mkdir(parents=True, exist_ok=True)
         result = run_streams_bench(work, counts=counts, seconds=seconds, json_out=args.json, png_out=args.png,
                                    progress=_progress())
+    print(table(result))
+    return 0
+
+
+def _bench_batch(args) -> int:
+    from actstream.bench.batch import run_batch_bench, table
+
+    data = Path(args.data)
+    if not (data / "manifests").is_dir():
+        raise ConfigError(f"--data {shown_path(data)}: has no manifests/ folder: pass the shared data folder "
+                          f"(../shared/data), whose test splits are relabelled")
+    if args.limit is not None and not 1 <= args.limit <= 100_000:
+        raise ConfigError(f"--limit {args.limit}: pass 1 to 100000 recordings, or leave it out for every one")
+    try:
+        counts = tuple(int(x) for x in args.counts.split(",")) if args.counts else (1000, 2000)
+    except ValueError as exc:
+        raise ConfigError(f"--counts {args.counts!r}: expected stream counts like 1000,2000") from exc
+    if not all(1 <= c <= 100_000 for c in counts):
+        raise ConfigError(f"--counts {args.counts!r}: each count from 1 to 100000")
+    result = run_batch_bench(data, Path(args.dir) if args.dir else None, args.limit or 0, args.json, counts,
+                             args.seconds or 20.0)
     print(table(result))
     return 0
 
@@ -702,8 +850,47 @@ def build_parser() -> argparse.ArgumentParser:
                          "camera, mic, file, audio and `loop`")
     sv.add_argument("--seconds", type=float, help="stop after S seconds (default: until Ctrl-C or SIGTERM)")
     sv.add_argument("--control", help="control endpoint (config serve.control; \"none\" for none)")
+    sv.add_argument("--cluster", action="store_true", help="spread the streams over Ray actors (a local Ray, or "
+                                                           "--address), one forwarder for subscribers at --publish")
+    sv.add_argument("--address", help="--cluster: a Ray cluster to join, auto or HOST:PORT (default: a local Ray)")
+    sv.add_argument("--shards", type=int, help="--cluster: shard actors (default: one per node)")
+    sv.add_argument("--cpus-per-shard", type=float, dest="cpus", help="--cluster: CPUs each shard reserves (default 1)")
+    sv.add_argument("--gpus-per-shard", type=float, dest="gpus", help="--cluster: GPUs each shard reserves (default 0)")
+    sv.add_argument("--inbound", help="--cluster: where shards publish into the forwarder (default "
+                                      "tcp://127.0.0.1:5558; another node's shards need an address they reach, "
+                                      "with --keys)")
     common(sv, "ZeroMQ PUB endpoint (default: config publish.endpoint)")
     sv.set_defaults(fn=cmd_serve)
+
+    ba = sub.add_parser("batch", help="relabel a folder or manifest of recordings on Ray (local, or a cluster): "
+                                      "OUT/<name>.jsonl per recording, as `replay --out` writes it; resumable")
+    ba.add_argument("data", help="a folder of recordings (subfolders too) or a manifest CSV with a path column")
+    ba.add_argument("--out", required=True, help="output folder: OUT/<path below DATA without extension>.jsonl "
+                                                 "(name.ext.jsonl where two would be the same); finished ones are "
+                                                 "skipped")
+    ba.add_argument("--root", help="a manifest's paths are relative to this folder (default: the manifest's)")
+    ba.add_argument("--address", help="a Ray cluster to join: auto or HOST:PORT (default: a local Ray in this process, "
+                                      "on 127.0.0.1)")
+    ba.add_argument("--workers", type=int, help="actors (default: as many as the cluster's CPUs hold)")
+    ba.add_argument("--cpus-per-worker", type=float, dest="cpus", help="CPUs each actor reserves (default 1)")
+    ba.add_argument("--gpus-per-worker", type=float, dest="gpus", help="GPUs each actor reserves (default 0)")
+    ba.add_argument("--config", help="config file (TOML); defaults are those of config.toml")
+    ba.add_argument("--model", help="model name or folder (config model.path)")
+    ba.add_argument("--backend", help="onnxruntime | torch | torch-cuda | tensorrt (config model.backend)")
+    ba.add_argument("--precision", choices=["auto", "fp32", "int8"], help="encoder precision (config model.precision)")
+    ba.add_argument("--threads", type=int, help="intra-op threads per worker (config model.threads)")
+    ba.set_defaults(fn=cmd_batch)
+
+    fw = sub.add_parser("forward", help="one endpoint for many publishers (the shards of serve --cluster): every "
+                                        "topic's last message kept for late joiners")
+    fw.add_argument("--publish", help="where subscribers connect (default: config publish.endpoint)")
+    fw.add_argument("--inbound", default="tcp://127.0.0.1:5558", help="where publishers connect (default %(default)s)")
+    fw.add_argument("--seconds", type=float, help="stop after S seconds (default: until Ctrl-C or SIGTERM)")
+    fw.add_argument("--config", help="config file (TOML): its publish section (hwm, keys)")
+    fw.add_argument("--keys", metavar="DIR", help="CURVE keys folder: subscribers and publishers must be listed "
+                                                  "clients (publishers: actstream keys DIR --client shard)")
+    fw.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without keys")
+    fw.set_defaults(fn=cmd_forward)
 
     sm = sub.add_parser("streams", help="add, remove or list the streams of a running `actstream serve`")
     sm.add_argument("action", choices=["add", "remove", "list"])
@@ -790,8 +977,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "--streams, seconds measured per point (default 60)")
     be.add_argument("--streams", action="store_true", help="how many paced A/V streams one `serve` process holds "
                                                           "against one `replay --realtime` process per stream")
-    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32)")
+    be.add_argument("--counts", help="--streams: the stream counts to try (default 1,2,4,6,8,12,16,20,24,32); "
+                                     "--batch: the streams offered to the forwarder (default 1000,2000)")
     be.add_argument("--png", help="--streams: draw the curve (p99 and CPU against streams) to this PNG")
+    be.add_argument("--batch", action="store_true", help="the shared test recordings relabelled by `actstream "
+                                                        "batch` (1 and 2 workers) against a shell loop of replay, "
+                                                        "and the forwarder's throughput")
+    be.add_argument("--data", default="../shared/data", help="--batch: the shared data folder (default %(default)s)")
+    be.add_argument("--limit", type=int, help="--batch: this many of the test recordings (default: all)")
     be.set_defaults(fn=cmd_bench)
 
     tr = sub.add_parser("train", help="train a model from a dataset folder or manifest (or the default model)")
@@ -827,7 +1020,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 ENGINE_COMMANDS = frozenset({"replay", "live", "demo", "eval", "eval-teaching", "calibrate", "build", "bench",
-                             "train"})
+                             "train", "batch"})
 
 
 def _quiet_libraries(verbose: bool, cmd: str) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from actstream.stream.config import Config
-from actstream.common.errors import PublishError
+from actstream.common.errors import PublishError, SourceError
 
 if TYPE_CHECKING:  # numpy is first imported after the CLI has set its thread variables (cli.main)
     from actstream.stream.scheduler import RunSummary
@@ -84,20 +84,41 @@ def open_model(cfg: Config, lookahead: int | None = None, batched: bool = False,
     return spec, step_ms, engines, policy
 
 
-def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.Event | None = None) -> RunSummary:
+def check_modalities(spec, has_audio: bool, has_video: bool, what: str) -> None:
+    """SourceError unless an input with these tracks gives the model something to label (each head of a model
+    that knows its heads' inputs needs its own; any other model needs all of its modalities)."""
+    if spec.head_inputs is not None:  # each head publishes where its input is: one head with input is enough
+        have = {m for m, ok in (("audio", has_audio), ("video", has_video)) if ok}
+        if not any(set(need) <= have for need in spec.head_inputs.values()):
+            raise SourceError(f"{what}: has no {' and no '.join(spec.modalities)}, and every head of model "
+                              f"{spec.name} needs one: pass a recording or devices with "
+                              f"{' or '.join(spec.modalities)}")
+        return
+    if "audio" in spec.modalities and not has_audio:
+        raise SourceError(f"{what}: has no audio, but model {spec.name} ({spec.arch}) needs audio: "
+                          f"pass --audio FILE (replay) or a microphone, or use a video model")
+    if "video" in spec.modalities and not has_video:
+        raise SourceError(f"{what}: has no video, but model {spec.name} ({spec.arch}) needs video: "
+                          f"pass a file with video or a camera, or use an audio model")
+
+
+def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.Event | None = None,
+                 model: tuple | None = None) -> RunSummary:
     """Wire one source to the model and the publisher, run until the end or until `stop` is set (the CLI sets
-    it on SIGINT/SIGTERM), shut down in order. The run is the scheduler's with one stream, on the bare topics."""
+    it on SIGINT/SIGTERM), shut down in order. The run is the scheduler's with one stream, on the bare topics.
+    model: open_model's result to run on and leave open (a batch worker's, one model for many recordings; the
+    run's stream gets a state of its own); None: the model is opened for this run and closed after it."""
     from actstream.engines.bundle import load_spec
 
     from actstream.stream.publish import Channel, Publisher
     from actstream.stream.scheduler import Scheduler
     from actstream.stream.streams import Stream
 
-    spec = load_spec(cfg.model.path)
+    spec = load_spec(cfg.model.path) if model is None else model[0]
     # fast replay of a causal model runs its encoders in batches of steps, prepared on a reader thread
     batched = (not opts.realtime and not source.live and spec.causal and cfg.replay.batch_steps > 1
                and not opts.show)
-    spec, step_ms, engines, policy = open_model(cfg, opts.lookahead, batched)
+    spec, step_ms, engines, policy = open_model(cfg, opts.lookahead, batched) if model is None else model
     publisher = metrics = None
     try:
         publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
@@ -121,7 +142,8 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
                               cfg.model.backend, batch_steps=cfg.replay.batch_steps if batched else 1)
         if stop is not None:
             scheduler.stop_event = stop
-        stream = Stream(None, policy.recognizer.state, Channel(publisher), source, keep_frames=opts.show)
+        state = policy.recognizer.state if model is None else policy.new_state()
+        stream = Stream(None, state, Channel(publisher), source, keep_frames=opts.show)
         if opts.on_step is not None:
             draw = opts.on_step(scheduler.stop_event)
             scheduler.on_step = lambda _stream, snap: draw(snap)
@@ -133,7 +155,8 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
             metrics.close()
         if publisher is not None:
             publisher.close()
-        engines.close()
+        if model is None:
+            engines.close()
         if publisher is not None and publisher.out_error and sys.exc_info()[0] is None:
             raise PublishError(publisher.out_error)  # the run finished; its --out file is incomplete
 

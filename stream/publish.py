@@ -38,6 +38,7 @@ import socket
 import struct
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, IO
 
@@ -63,6 +64,19 @@ PEER_RCVBUF = 16 * 1024  # kernel receive buffer per connection: what is still r
 PEER_BYTES_PER_S = 256  # the budget grows with the connection's age, for heartbeats
 GUARD_INTERVAL_S = 0.02
 HANDOFF_HWM = 50000  # messages between the step loop and the bus thread (~100 s of a busy stream); past it, dropped
+MAX_TOPICS = 100_000  # last messages kept for late joiners (4 topics a stream: 25,000 streams; ~30 MB of labels)
+
+
+class LastValues(OrderedDict):
+    """topic -> its last message, for late joiners, at most MAX_TOPICS: a new topic past that forgets the topic
+    updated least recently (a stream removed long ago), so streams that come and go for months, or a forwarder's
+    publishers, cannot make it grow without bound."""
+
+    def __setitem__(self, topic, message) -> None:
+        super().__setitem__(topic, message)
+        self.move_to_end(topic)
+        if len(self) > MAX_TOPICS:
+            self.popitem(last=False)
 
 
 def _round(x: Any) -> Any:
@@ -98,7 +112,7 @@ class Publisher:
         self.model = model
         self.listeners: list = []  # callables taking each payload dict, after it is sent
         self._seq: dict[str, int] = {}
-        self._last: dict[str, bytes] = {}  # topic -> last message sent, for late joiners
+        self._last: dict[str, bytes] = LastValues()  # topic -> last message sent, for late joiners
         self._ctx = self._sock = self._curve = self._guard = self._tx = self._rx = self._bus = None
         self._subscribed = threading.Event()
         self.handoff_drops = 0  # messages the bus thread was too far behind to take (HANDOFF_HWM)
