@@ -414,6 +414,110 @@ def test_huge_and_flooding_subscriptions_are_bounded(port):
     assert tracker.last == {"speech": 99, "activity": 99}
 
 
+def test_a_subscription_no_topic_can_match_drops_its_peer(port, monkeypatch):
+    """Issue 21 item 1: ZeroMQ keeps every subscription of every peer in one trie, and each peer that leaves
+    walks all of it: 200 peers in turn with 150 distinct 100-byte subscriptions each stalled delivery 18 s and
+    grew the publisher 136 MB (XPUB_MANUAL keeps a second trie of the same). A subscription that can match a
+    topic (a head or status, HEAD/ID/, a prefix of those, "") is held; any other drops the peer that sent it,
+    and so does one distinct subscription more than MAX_TOPICS."""
+    from actstream.stream import publish
+    from tests import zmtp
+    from tests.conftest import wait_until
+
+    monkeypatch.setattr(publish, "MAX_TOPICS", 8)
+    pub = Publisher(f"tcp://127.0.0.1:{port}", None, "test", "m@0")
+    try:
+        pub.publish("status", 1.0, 1.0, "running", None, {}, state="running")
+        good = [b"", b"spe", b"speech", b"status", b"speech/", b"speech/cam-1_A", b"activity/cam1/"]
+        junk = [b"/", b"speech/cam1/x", b"x" * 33, b"speech//", b"1speech", b"\xffspeech", b"speech\n",
+                b"a/" + b"b" * 65, b"%08x" % 7 * 12]
+        held, _ = zmtp.open_peers(port, len(good), lambda i: zmtp.subscription(good[i]))
+        dropped, _ = zmtp.open_peers(port, len(junk), lambda i: zmtp.subscription(junk[i]))
+        wait_until(lambda: zmtp.still_open(dropped) == 0, 10, "every junk subscriber dropped")
+        assert zmtp.still_open(held) == len(good) and pub.refused_subscriptions == len(junk)
+        assert pub._topics == set(good) and pub._guard.counts["subscription"] == len(junk)
+        # the welcome went to the subscriptions that match a topic: `status` has been answered
+        assert pub.welcomes == 1
+        # distinct topics past MAX_TOPICS (8: 7 held): the peer that adds the 9th is dropped, and what it
+        # subscribed is let go when it goes
+        (greedy,), _ = zmtp.open_peers(port, 1, lambda i: b"".join(zmtp.subscription(b"speech/s%d/" % k)
+                                                                    for k in range(3)))
+        wait_until(lambda: zmtp.still_open([greedy]) == 0, 10, "the peer past MAX_TOPICS dropped")
+        wait_until(lambda: pub._topics == set(good), 10, "its one held topic let go")
+        assert zmtp.still_open(held) == len(good)
+        for s in held:
+            s.close()
+    finally:
+        pub.close(linger_ms=0)
+
+
+def test_connections_are_capped_and_an_idle_one_makes_room(port):
+    """Issue 21 item 2: no cap on connections let 500 peers that stay add 375 MB, and at an open-file limit
+    of 1024 idle peers left new subscribers nothing. With max_peers 3: a subscriber and two idle peers fill it;
+    a newcomer is refused while the idle ones are young, and let in by taking the oldest idle one's place
+    once it has been idle a second; the subscriber keeps its place and its labels."""
+    from actstream.stream.peers import EVICT_AFTER_S
+    from tests import zmtp
+    from tests.conftest import wait_until
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = Publisher(endpoint, None, "test", "m@0", max_peers=3)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"speech")
+    sub.connect(endpoint)
+    try:
+        wait_subscribed(pub)
+        idle, _ = zmtp.open_peers(port, 2)
+        joined = time.monotonic()
+        assert pub._guard.connected == 3
+        refused = pub._guard.counts["full"]
+        try:
+            zmtp.null_sub(port)
+            admitted = True
+        except OSError:
+            admitted = False
+        if time.monotonic() - joined < EVICT_AFTER_S:  # a slow machine may have let the idle ones age already
+            assert not admitted and pub._guard.counts["full"] == refused + 1
+        (newcomer,), _ = zmtp.open_peers(port, 1, limit_s=10)  # tried again until a place is free
+        assert zmtp.still_open(idle) == 1 and pub._guard.counts["idle"] >= 1
+        assert zmtp.still_open([newcomer]) == 1 and pub._guard.connected == 3
+        publish_steps(pub, 1)
+        assert sub.poll(10_000) and sub.recv_multipart()[0] == b"speech"  # the subscriber was never touched
+        for s in idle + [newcomer]:
+            s.close()
+    finally:
+        sub.close(0)
+        pub.close(linger_ms=0)
+        ctx.term()
+
+
+def test_new_connections_are_taken_at_a_bounded_rate(port):
+    """Past a burst of ACCEPT_BURST, new connections are refused beyond ACCEPT_RATE a second (before their
+    handshake: nothing they send reaches the socket), so no flood of connections makes ZeroMQ take in more
+    than that."""
+    from actstream.stream.peers import ACCEPT_BURST, ACCEPT_RATE
+    from tests import zmtp
+
+    pub = Publisher(f"tcp://127.0.0.1:{port}", None, "test", "m@0")
+    guard = pub._guard
+    try:
+        start = time.monotonic()
+        admitted, refused = 0, 0
+        while admitted + refused < 200:
+            try:
+                zmtp.null_sub(port).close()
+                admitted += 1
+            except OSError:
+                refused += 1
+        elapsed = time.monotonic() - start
+    finally:
+        pub.close(linger_ms=0)
+    assert ACCEPT_BURST <= admitted <= ACCEPT_BURST + ACCEPT_RATE * elapsed + 1, (admitted, refused, elapsed)
+    assert guard.counts["rate"] == refused > 0
+
+
 def test_every_client_key_is_checked_at_start_and_a_bad_one_is_named(curve_keys, media, port):
     """A junk file in clients/ made zmq.auth load no keys at all: everyone refused, silently, exit 0."""
     keys, _ = curve_keys
