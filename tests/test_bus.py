@@ -638,6 +638,17 @@ def test_listen_skips_and_counts_bad_messages_and_prints_valid_json(port):
             assert lines[1].split()[:3] == ["?s", "speech", "None"] and "status    end" in lines[-1]
 
 
+def test_a_topic_no_publisher_can_have_is_refused_at_the_edge(port):
+    """The publisher drops a connection that subscribes to what no topic can match: a client asked for such a
+    topic says so at once rather than reconnecting without end."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    for bad in ("a b", "speech/cam1", "", "1st"):
+        with pytest.raises(ConfigError, match="not a head name or status"):
+            next(subscribe(endpoint, [bad], timeout_s=1))
+    r = run_cli("listen", endpoint, "--topic", "my topic", "--timeout", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "topic my topic: not a head name" in r.stderr, r.stderr
+
+
 def test_listen_refuses_half_a_key_pair(curve_keys):
     keys, _ = curve_keys
     for flag, path in (("--server-key", keys / "server.key"), ("--client-key", keys / "allowed.key_secret")):
@@ -865,8 +876,10 @@ def test_subscribe_reconnects_a_connection_that_stays_silent(port, caplog):
             th.join(10)
         finally:
             pub.close()
-    assert tracker.reconnects == 1
-    assert f"no message from {endpoint} for 0.5 s" in caplog.text and "subscribing again" in caplog.text
+    # once, or again where a busy machine held the test's message past the new connection's own 0.5 s: each
+    # said and counted
+    assert tracker.reconnects == caplog.text.count("subscribing again") >= 1, (tracker.reconnects, caplog.text)
+    assert f"no message from {endpoint} for 0.5 s" in caplog.text
 
 
 def test_listen_health_check_fails_without_a_publisher(port):
