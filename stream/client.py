@@ -268,12 +268,17 @@ def topic_filter(topics: list[str], streams: list[str]) -> tuple[list[str], Call
     A head's topic is `HEAD` (one stream per process) or `HEAD/ID/` (a stream of `actstream serve`): heads
     alone subscribe to `HEAD` and take both; streams take `HEAD/ID/` of the heads given, or, with no head
     given, everything, kept when its topic is `*/ID/` (the closing slash keeps cam1 apart from cam10)."""
+    from actstream.engines.bundle import HEAD_NAME
     from actstream.stream.publish import stream_topic
     from actstream.stream.streamsfile import STREAM_ID
 
     bad = [s for s in streams if not STREAM_ID.match(s)]
     if bad:
         raise ConfigError(f"stream {escaped(bad[0])}: not a stream id (1-64 letters, digits, - or _)")
+    bad = [t for t in topics if not HEAD_NAME.match(t)]
+    if bad:  # the publisher drops a connection whose subscription can match no topic
+        raise ConfigError(f"topic {escaped(bad[0]) or repr('')}: not a head name or status (1-32 letters, digits, "
+                          f"- or _, a letter first)")
     if topics and streams:
         exact = {stream_topic(t, s) for t in topics for s in streams}
         return sorted(exact), exact.__contains__

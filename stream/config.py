@@ -112,13 +112,16 @@ class PublishConfig:
     """endpoint: ZeroMQ PUB bind address; hwm: send high-water mark in messages per subscriber;
     status_every_ms: interval between `status` messages, in milliseconds of media time;
     keys: CURVE keys folder from `actstream keys` ("" = no encryption; required off loopback);
-    insecure: allow a non-loopback endpoint without keys (warns; never the default)."""
+    insecure: allow a non-loopback endpoint without keys (warns; never the default);
+    max_peers: connections the bus (and serve's control endpoint) holds at once, each; 0 = 256, or fewer when
+    the open-file limit read at start (ulimit -n) leaves less room (stream/peers.py)."""
 
     endpoint: str = "tcp://127.0.0.1:5556"
     hwm: int = 1000
     status_every_ms: int = 1000
     keys: str = ""
     insecure: bool = False
+    max_peers: int = 0
 
     def __post_init__(self) -> None:
         _check(_text(self.endpoint) and "://" in self.endpoint, "publish.endpoint", self.endpoint,
@@ -129,6 +132,8 @@ class PublishConfig:
                "publish.status_every_ms", self.status_every_ms, "milliseconds from 100 to 3600000")
         _check(_text(self.keys), "publish.keys", self.keys, "a keys folder made by `actstream keys`, or \"\"")
         _check(isinstance(self.insecure, bool), "publish.insecure", self.insecure, "true or false")
+        _check(is_int(self.max_peers) and 0 <= self.max_peers <= 65536, "publish.max_peers", self.max_peers,
+               "an integer from 0 (chosen from the open-file limit) to 65536")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ A request that is not that (malformed, oversized, an unknown op or id, a duplica
 {"ok": false, "error": "..."} and changes nothing. What a peer can make it do is bounded: a request is at most
 MAX_REQUEST_BYTES (larger drops the connection before it is buffered), at most INBOUND_HWM are queued per
 peer, the handshake must finish in HANDSHAKE_MS, and past RATE requests a second the rest are answered
-`busy` without being looked at. The endpoint's thread only parses and answers; the scheduler does the work
-at its next tick.
+`busy` without being looked at. Connections are bounded as the bus's (stream/peers.py): at most max_peers at
+once (publish.max_peers), a bounded number of new ones a second, and one that has asked nothing for a second
+makes room for a new one when all places are taken. The endpoint's thread only parses and answers; the
+scheduler does the work at its next tick.
 """
 
 from __future__ import annotations
@@ -37,19 +39,22 @@ DEFAULT_TIMEOUT_S = 10.0
 
 class ControlServer:
     """endpoint: where to bind; handle(request dict) -> reply dict (raising ActstreamError for a refusal);
-    keys, insecure: as the bus (stream/security.py)."""
+    keys, insecure: as the bus (stream/security.py); max_peers: connections held at once (0: chosen from the
+    open-file limit, stream/peers.py)."""
 
     def __init__(self, endpoint: str, handle: Callable[[dict], dict], keys: str | None = None,
-                 insecure: bool = False):
+                 insecure: bool = False, max_peers: int = 0):
         import zmq
 
+        from actstream.stream.peers import PeerGuard, peer_limit
         from actstream.stream.security import check_bind
 
         check_bind(endpoint, keys, insecure)
+        max_peers = peer_limit(max_peers)
         self._zmq = zmq
         self.handle = handle
         self._ctx = zmq.Context()
-        self._curve = None
+        self._curve = self._guard = None
         self._sock = self._ctx.socket(zmq.ROUTER)
         self.requests = self.refused = 0
         try:
@@ -64,6 +69,8 @@ class ControlServer:
 
                 self._curve = CurveServer(self._ctx, keys)
                 self._curve.apply(self._sock)
+            if endpoint.startswith(("tcp://", "ipc://")):  # before the bind, as the bus's
+                self._guard = PeerGuard(self._ctx, self._sock, "control", max_peers, zap=not keys)
             self._sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
@@ -76,17 +83,22 @@ class ControlServer:
         self._thread.start()
 
     def _run(self) -> None:
+        from actstream.stream.peers import message_fd
+
         zmq = self._zmq
         window, answered = time.monotonic(), 0
         while not self._stop.is_set():
             try:
                 if not self._sock.poll(200):
                     continue
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 continue
             except zmq.ZMQError:
                 return  # closing
+            if self._guard is not None:
+                self._guard.active(message_fd(parts[-1]))  # it asked: it keeps its place
+            frames = [p.bytes for p in parts]
             now = time.monotonic()
             if now - window >= 1.0:
                 window, answered = now, 0
@@ -130,6 +142,9 @@ class ControlServer:
             self._stop.set()
             self._thread.join(2.0)
             self._thread = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None

@@ -13,7 +13,7 @@ high-water mark and overflow counting for slow subscribers, the same CURVE keys 
 refusal of a non-loopback bind without keys. Its publisher side (`inbound`) takes only label messages:
 [topic, JSON object] whose payload starts with the schema version and that topic, at most 64 KiB; anything
 else is dropped and counted. Over CURVE, publishers are clients of the same keys folder (a client key, e.g.
-`actstream keys DIR --client shard`). At most MAX_TOPICS topics are kept (the least recently updated is
+`actstream keys DIR --client shard`). At most MAX_LAST_VALUES topics are kept (the least recently updated is
 forgotten past that).
 """
 

@@ -122,7 +122,8 @@ def run_pipeline(cfg: Config, source: Source, opts: RunOptions, stop: threading.
     publisher = metrics = None
     try:
         publisher = Publisher(opts.publish, opts.out, source.name, spec.tag, cfg.publish.hwm,
-                              keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
+                              keys=cfg.publish.keys or None, insecure=cfg.publish.insecure,
+                              max_peers=cfg.publish.max_peers)
         if opts.publish:
             log.info("publishing on %s", publisher.endpoint)
             if opts.wait_subscriber_s and not publisher.wait_for_subscriber(opts.wait_subscriber_s):

@@ -19,10 +19,12 @@ Socket handling:
 - hostile peers: what a peer can make the publisher hold is bounded before and after authentication. An
   inbound frame (a handshake command or a subscription) over MAX_INBOUND_BYTES drops that connection before
   it is buffered (ZMQ_MAXMSGSIZE); a handshake not finished in HANDSHAKE_MS drops it too; each peer has at
-  most INBOUND_HWM subscription messages queued and PEER_RCVBUF bytes in the kernel; a TCP connection that
-  has sent more than PEER_BYTES (+ PEER_BYTES_PER_S of its age) is dropped with what it subscribed
-  (_PeerGuard). A topic's last message is re-sent to late joiners at most once per message, so a
-  subscription flood cannot multiply the traffic every subscriber receives.
+  most INBOUND_HWM subscription messages queued and PEER_RCVBUF bytes in the kernel. Connections are bounded
+  by stream/peers.py: at most max_peers at once, ACCEPT_RATE new ones a second, and what a TCP connection
+  sends in all (PEER_BYTES + PEER_BYTES_PER_S of its age). A subscription that cannot match a topic
+  (SUBSCRIPTION), or one more distinct one than MAX_TOPICS, drops the connection that sent it, so ZeroMQ's
+  subscription trie holds little but real topics. A topic's last message is re-sent to late joiners at most
+  once per message, so a subscription flood cannot multiply the traffic every subscriber receives.
 - only labels: a message is a small JSON object; anything larger than MAX_MESSAGE_BYTES (raw frames or
   audio would be) is refused.
 """
@@ -34,16 +36,16 @@ import json
 import logging
 import math
 import os
+import re
 import socket
-import struct
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, IO
 
 from actstream.common.errors import PublishError
 from actstream.common.files import shown_path
+from actstream.stream.peers import PeerGuard, message_fd, peer_limit
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +56,36 @@ MAX_MESSAGE_BYTES = 65536  # a label message is ~300 bytes (~30 per class); a fr
 # once, before any byte of it is buffered, on any mechanism and before authentication.
 MAX_INBOUND_BYTES = 1024
 HANDSHAKE_MS = 5000  # a peer that has not finished the ZMTP (and CURVE) handshake by then is dropped
-INBOUND_HWM = 100  # subscription messages queued per peer before ZeroMQ stops reading from it (TCP pushes back)
+# Subscription messages ZeroMQ queues per peer before it stops reading from it (TCP pushes back). ZeroMQ puts
+# what is queued in its subscription trie before the bus thread sees any of it: this is what one peer can add
+# before its first subscription that matches no topic drops it.
+INBOUND_HWM = 10
 MAX_SUBSCRIPTIONS_PER_SEND = 200  # (un)subscriptions the bus thread reads between two looks at outgoing messages
 # What one TCP connection may send in all: a subscriber sends a greeting, a handshake and a few subscriptions
-# (well under 4 KiB), then only heartbeats if it sets them. ZeroMQ keeps every subscription a peer sends in a
-# trie per peer, with no limit of its own: past this budget the connection is dropped, and its trie with it.
+# (well under 4 KiB), then only heartbeats if it sets them. Past this budget the connection is dropped, and
+# what it subscribed with it.
 PEER_BYTES = 16 * 1024
 PEER_RCVBUF = 16 * 1024  # kernel receive buffer per connection: what is still read after a drop (Linux doubles it)
 PEER_BYTES_PER_S = 256  # the budget grows with the connection's age, for heartbeats
-GUARD_INTERVAL_S = 0.02
+# What a subscription may be: a prefix of a topic that can exist (HEAD or status, HEAD/ID/ of a stream of
+# `serve`: engines.bundle.HEAD_NAME, stream.streamsfile.STREAM_ID), "" for all. A peer that sends anything
+# else is dropped: ZeroMQ keeps every subscription in one trie for all peers, and removing a peer walks all
+# of it, so distinct junk from N peers cost N^2 (200 peers of 150 x 100 bytes held the bus 18 s).
+SUBSCRIPTION = re.compile(rb"(?:[A-Za-z][A-Za-z0-9_-]{0,31}(?:/(?:[A-Za-z0-9_-]{1,64}/?)?)?)?\Z")
+MAX_TOPICS = 1024  # distinct subscriptions held at once (<= 100,000 trie nodes, ~5 MB); a peer past it is dropped
 HANDOFF_HWM = 50000  # messages between the step loop and the bus thread (~100 s of a busy stream); past it, dropped
-MAX_TOPICS = 100_000  # last messages kept for late joiners (4 topics a stream: 25,000 streams; ~30 MB of labels)
+MAX_LAST_VALUES = 100_000  # last messages kept for late joiners (4 topics a stream: 25,000 streams; ~30 MB of labels)
 
 
 class LastValues(OrderedDict):
-    """topic -> its last message, for late joiners, at most MAX_TOPICS: a new topic past that forgets the topic
+    """topic -> its last message, for late joiners, at most MAX_LAST_VALUES: a new topic past that forgets the topic
     updated least recently (a stream removed long ago), so streams that come and go for months, or a forwarder's
     publishers, cannot make it grow without bound."""
 
     def __setitem__(self, topic, message) -> None:
         super().__setitem__(topic, message)
         self.move_to_end(topic)
-        if len(self) > MAX_TOPICS:
+        if len(self) > MAX_LAST_VALUES:
             self.popitem(last=False)
 
 
@@ -100,11 +110,12 @@ class Publisher:
     endpoint: ZeroMQ bind address or None; out: JSON-lines path or None; hwm: send high-water mark.
     The socket is an XPUB so the publisher can see subscriptions (`wait_for_subscriber`, late joiners);
     to subscribers it is an ordinary PUB. keys: a CURVE keys folder (stream/security.py) or None;
-    insecure: allow a non-loopback bind without keys (warns).
+    insecure: allow a non-loopback bind without keys (warns); max_peers: connections held at once (0: chosen
+    from the open-file limit, stream/peers.py).
     """
 
     def __init__(self, endpoint: str | None, out: str | Path | None, source: str, model: str, hwm: int = 1000,
-                 keys: str | None = None, insecure: bool = False):
+                 keys: str | None = None, insecure: bool = False, max_peers: int = 0):
         from actstream.stream.security import check_bind
 
         self.endpoint = endpoint
@@ -126,8 +137,11 @@ class Publisher:
         self._subscribers = 0
         self._welcomed: set[str] = set()  # topics whose last message was re-sent since it was published
         self.subscriptions = 0  # subscription messages received (joins, and whatever a peer sends)
+        self.refused_subscriptions = 0  # subscriptions that matched no topic, or past MAX_TOPICS: their peer dropped
+        self._topics: set[bytes] = set()  # distinct subscriptions held (each dropped when ZeroMQ says it is gone)
         if endpoint:
             check_bind(endpoint, keys, insecure)
+            max_peers = peer_limit(max_peers)
         if out is not None:
             try:
                 self._out = open(self.out_path, "wb")
@@ -154,9 +168,11 @@ class Publisher:
 
                     self._curve = CurveServer(self._ctx, keys)
                     self._curve.apply(self._sock)
+                if endpoint.startswith(("tcp://", "ipc://")):  # before the bind: what it sets holds for every peer
+                    tcp = endpoint.startswith("tcp://") and hasattr(socket, "TCP_INFO")  # Linux
+                    self._guard = PeerGuard(self._ctx, self._sock, "bus", max_peers, zap=not keys,
+                                            budget=(PEER_BYTES, PEER_BYTES_PER_S) if tcp else None)
                 self._sock.bind(endpoint)
-                if endpoint.startswith("tcp://") and hasattr(socket, "TCP_INFO"):  # Linux
-                    self._guard = _PeerGuard(self._ctx, self._sock)
             except zmq.ZMQError as exc:
                 self.close()
                 hint = ("another process is using it: stop it or pass --publish with another port"
@@ -216,14 +232,16 @@ class Publisher:
         n = 0
         while n < limit:
             try:
-                msg = self._sock.recv(zmq.NOBLOCK)
+                frame = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             n += 1
-            if msg[:1] == b"\x01":
+            msg = frame.bytes
+            if msg[:1] == b"\x01" and self._admit(msg[1:], frame):
                 self._subscribers += 1
                 prefixes.append(msg[1:])
-            elif msg[:1] == b"\x00":
+            elif msg[:1] == b"\x00" and msg[1:] in self._topics:  # ZeroMQ: the last peer holding it went
+                self._topics.discard(msg[1:])
                 self._subscribers = max(0, self._subscribers - 1)
         self.subscriptions += n
         if self._subscribers:
@@ -233,6 +251,19 @@ class Publisher:
         if prefixes:
             self._welcome(prefixes)
         return n
+
+    def _admit(self, prefix: bytes, frame) -> bool:
+        """(Bus thread.) Whether a subscription is one to hold; if not, its peer is dropped (ZeroMQ has put it
+        in the trie already, and takes it out with the peer)."""
+        if SUBSCRIPTION.match(prefix) and (prefix in self._topics or len(self._topics) < MAX_TOPICS):
+            self._topics.add(prefix)
+            if self._guard is not None:
+                self._guard.active(message_fd(frame))
+            return True
+        self.refused_subscriptions += 1
+        if self._guard is not None:
+            self._guard.drop(message_fd(frame), "subscription")
+        return False
 
     def _welcome(self, prefixes: list[bytes]) -> None:
         """Answer subscriptions with the last message of each topic they match (the current label state).
@@ -389,93 +420,3 @@ class Channel:
             return self.publisher.publish(head, t, wall, label, score, scores, source=self.source, **extra)
         return self.publisher.publish(self.topic(head), t, wall, label, score, scores, source=self.source,
                                       stream=self.stream, head=head, **extra)
-
-
-class _PeerGuard:
-    """Drops any TCP connection to the publisher that has sent more than its byte budget.
-
-    A thread follows the socket's connections through a ZeroMQ monitor (accepted: the file descriptor) and
-    reads each one's received byte count from the kernel (TCP_INFO) every GUARD_INTERVAL_S; a connection over
-    PEER_BYTES + PEER_BYTES_PER_S x its age is shut down, which makes ZeroMQ close it and forget what it
-    subscribed. It never touches the XPUB socket itself (that belongs to the step thread)."""
-
-    _TCPI_BYTES_RECEIVED = 128  # offset of tcpi_bytes_received in struct tcp_info (Linux 4.1 and later)
-
-    def __init__(self, ctx, sock):
-        import zmq
-
-        self._zmq = zmq
-        self._sock = sock
-        addr = f"inproc://actstream-peers-{id(self)}"
-        sock.monitor(addr, zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
-        self._mon = ctx.socket(zmq.PAIR)
-        self._mon.setsockopt(zmq.RCVHWM, 0)  # the I/O thread must never wait on this queue
-        self._mon.setsockopt(zmq.LINGER, 0)
-        self._mon.connect(addr)
-        self._peers: dict[int, float] = {}  # fd -> when accepted (monotonic s)
-        self.dropped = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="actstream-peer-guard", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from zmq.utils.monitor import parse_monitor_message
-
-        zmq = self._zmq
-        next_check = time.monotonic() + GUARD_INTERVAL_S
-        while not self._stop.is_set():
-            try:
-                ready = self._mon.poll(max(1, int((next_check - time.monotonic()) * 1000)))
-                while ready and self._mon.poll(0):
-                    ev = parse_monitor_message(self._mon.recv_multipart())
-                    if ev["event"] == zmq.EVENT_ACCEPTED:
-                        self._peers[ev["value"]] = time.monotonic()
-                    else:
-                        self._peers.pop(ev["value"], None)
-            except zmq.ZMQError:
-                return  # closing
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + GUARD_INTERVAL_S
-                for fd, since in list(self._peers.items()):
-                    if self._received(fd) > PEER_BYTES + PEER_BYTES_PER_S * (now - since):
-                        self._drop(fd)
-
-    def _received(self, fd: int) -> int:
-        try:
-            s = socket.socket(fileno=fd)
-        except OSError:
-            self._peers.pop(fd, None)  # closed already
-            return 0
-        try:
-            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-            return struct.unpack_from("Q", info, self._TCPI_BYTES_RECEIVED)[0] if len(info) >= 136 else 0
-        except OSError:
-            return 0
-        finally:
-            s.detach()  # the descriptor is ZeroMQ's
-
-    def _drop(self, fd: int) -> None:
-        s = socket.socket(fileno=fd)
-        try:
-            s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            s.detach()
-        self._peers.pop(fd, None)
-        self.dropped += 1
-        if self.dropped in (1, 10) or self.dropped % 1000 == 0:  # a reconnecting flood must not flood the log
-            log.warning("dropped a bus connection that sent more than %d bytes (a flood of subscriptions or "
-                        "frames): %d so far", PEER_BYTES, self.dropped)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        if self._thread.is_alive():
-            log.warning("the bus peer guard did not stop within 2 s")
-        try:
-            self._sock.disable_monitor()
-        except self._zmq.ZMQError:
-            pass
-        self._mon.close(0)

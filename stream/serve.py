@@ -79,7 +79,8 @@ class Server:
                 raise ConfigError(f"model {self.spec.name} is a {self.spec.arch}: it looks ahead in time and cannot "
                                   f"serve live streams; use `actstream replay` or a causal model")
             self.publisher = Publisher(opts.publish, opts.out, "serve", self.spec.tag, cfg.publish.hwm,
-                                       keys=cfg.publish.keys or None, insecure=cfg.publish.insecure)
+                                       keys=cfg.publish.keys or None, insecure=cfg.publish.insecure,
+                                       max_peers=cfg.publish.max_peers)
             self.publisher.listeners.extend(opts.listeners)
             self.scheduler = Scheduler(self.policy, self.publisher, step_ms, True, cfg.publish.status_every_ms / 1000.0,
                                        backend=cfg.model.backend, isolate=True, process_status=True,
@@ -90,7 +91,7 @@ class Server:
                 from actstream.stream.control import ControlServer
 
                 self.control = ControlServer(opts.control, self._handle, keys=cfg.publish.keys or None,
-                                             insecure=cfg.publish.insecure)
+                                             insecure=cfg.publish.insecure, max_peers=cfg.publish.max_peers)
         except Exception:
             self.close()
             raise

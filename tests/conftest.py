@@ -29,6 +29,20 @@ def run_cli(*args: str, timeout: float = 120, cwd: Path | None = None) -> subpro
                           timeout=timeout, cwd=cwd or ROOT)
 
 
+def wait_until(cond, timeout_s: float, what: str, every_s: float = 0.02):
+    """Poll cond() until it returns something true, and return that; AssertionError naming `what` after
+    timeout_s. Every wait of a test is on a condition with a deadline: a machine shared with other work can
+    make anything take longer, never make a fixed sleep enough."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := cond()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
+    return value
+
+
 def tone_and_noise(seconds: float, rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
     """Audio with a voiced-like harmonic burst in the middle and quiet noise around it: (samples, channels)."""
     rng = np.random.default_rng(seed)

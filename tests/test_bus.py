@@ -25,8 +25,21 @@ def publish_steps(pub: Publisher, n: int, t0: int = 0) -> None:
 
 
 def recv_all(sock, timeout_ms: int = 500) -> list[tuple[str, bytes]]:
+    """What arrives until timeout_ms pass without a message: for what must NOT arrive (or arrives in pieces,
+    read again until a condition). A test that expects messages reads them with recv_n."""
     got = []
     while sock.poll(timeout_ms):
+        topic, data = sock.recv_multipart()
+        got.append((topic.decode(), data))
+    return got
+
+
+def recv_n(sock, n: int, timeout_s: float = 20.0) -> list[tuple[str, bytes]]:
+    """The next n messages, waiting up to timeout_s for all (AssertionError with what came, if not)."""
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n:
+        assert sock.poll(max(1, int((deadline - time.monotonic()) * 1000))), f"{len(got)} of {n} messages: {got}"
         topic, data = sock.recv_multipart()
         got.append((topic.decode(), data))
     return got
@@ -66,17 +79,24 @@ def test_stalled_subscriber_never_blocks_and_overflows_are_counted_per_topic(por
     wait_subscribed(pub, 2)
     tracker, late_tracker = SeqTracker(), SeqTracker()
     received = 0
+
+    def healthy_reads_up_to(n: int) -> None:
+        """The healthy one reads until it has n messages: the publisher goes on only as fast as it reads. On a
+        busy machine it used to fall 1000 behind (its high-water mark) and lose messages, as a real subscriber
+        that slow would."""
+        nonlocal received
+        while received < n:
+            assert healthy.poll(max(1, int((deadline - time.monotonic()) * 1000))), \
+                f"the healthy subscriber has {received} of {n} messages after 60 s"
+            tracker.check(json.loads(healthy.recv_multipart()[1]))
+            received += 1
+
     try:
+        deadline = time.monotonic() + 60
         for k in range(20000):  # 10 MB: more than the kernel's socket buffers hold for the stalled one
             publish_steps(pub, 1, k)
-            while healthy.poll(0):  # the healthy one reads as it goes
-                tracker.check(json.loads(healthy.recv_multipart()[1]))
-                received += 1
-            if k % 20 == 0:
-                time.sleep(0.001)
-        for _, data in recv_all(healthy):
-            tracker.check(json.loads(data))
-            received += 1
+            healthy_reads_up_to(2 * (k + 1) - 400)  # at most 400 behind: well under its high-water mark
+        healthy_reads_up_to(40000)
         got = [late_tracker.check(json.loads(d)) for _, d in recv_all(stalled, 200)]
         backlog = len(got)
         # it reads again: what was queued for it (on a busy machine not all of it within the first read), then
@@ -131,7 +151,7 @@ def test_late_joiner_gets_the_current_labels_at_once_then_the_stream(port):
         late.connect(endpoint)
         wait_subscribed(pub)
         publish_steps(pub, 1, 50)  # the next step; the welcome goes out before it
-        got = recv_all(late)
+        got = recv_n(late, 2) + recv_all(late, 100)  # and nothing after those two
         late.close(0)
         ctx.term()
     finally:
@@ -236,20 +256,25 @@ def test_curve_only_listed_clients_receive(curve_keys, port):
     allowed = sub(keys / "server.key", keys / "allowed.key_secret")
     stranger = sub(keys / "server.key", other / "stranger.key_secret")
     plain = sub()
+    failed = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+    monitors = [s.get_monitor_socket(failed) for s in (stranger, plain)]
     try:
-        wait_subscribed(pub)
-        for k in range(20):  # two seconds of steps, time for every handshake to succeed or fail
-            publish_steps(pub, 1, k)
-            time.sleep(0.1)
-        got_allowed = recv_all(allowed, 300)
+        wait_subscribed(pub)  # the allowed client's handshake succeeded
+        for m in monitors:  # and each of the others was turned away (it tries again, and is turned away again)
+            assert m.poll(20_000), "a client that is not allowed neither failed its handshake nor was dropped"
+        publish_steps(pub, 20)
+        got_allowed = []
+        while len(got_allowed) < 40 and allowed.poll(10_000):
+            got_allowed.append(allowed.recv_multipart())
         got_stranger = recv_all(stranger, 300)
         got_plain = recv_all(plain, 300)
     finally:
-        for s in (allowed, stranger, plain):
+        for s in [allowed, stranger, plain] + monitors:
             s.close(0)
         pub.close(linger_ms=0)
         ctx.term()
-    assert len(got_allowed) >= 30 and {t for t, _ in got_allowed} == {"speech", "activity"}
+    assert len(got_allowed) == 40 and {t for t, _ in got_allowed} == {b"speech", b"activity"}
     assert got_stranger == [] and got_plain == []
 
 
@@ -342,7 +367,7 @@ def test_a_frame_claiming_1gib_before_curve_authentication_is_dropped_unbuffered
             publish_steps(pub, 1, len(accepted) - 1)
         publish_steps(pub, 16, 4)
         grown = rss_mib() - before
-        got = [json.loads(d) for _, d in recv_all(good, 500)]
+        got = [json.loads(d) for _, d in recv_n(good, 40)]
     finally:
         good.close(0)
         pub.close(linger_ms=0)
@@ -394,8 +419,10 @@ def test_huge_and_flooding_subscriptions_are_bounded(port):
             for _, d in recv_all(good, 0):
                 tracker.check(json.loads(d))
             time.sleep(0.005)
-        for _, d in recv_all(good, 300):
-            tracker.check(json.loads(d))
+        deadline = time.monotonic() + 20
+        while tracker.last != {"speech": 99, "activity": 99}:
+            assert good.poll(max(1, int((deadline - time.monotonic()) * 1000))), tracker.last
+            tracker.check(json.loads(good.recv_multipart()[1]))
         deadline = time.monotonic() + 15  # the flood reaches the socket as ZeroMQ's I/O thread takes it in:
         while pub.subscriptions < 5000 and time.monotonic() < deadline:  # later on a busy machine
             time.sleep(0.05)
@@ -412,6 +439,110 @@ def test_huge_and_flooding_subscriptions_are_bounded(port):
     assert dropped >= 1  # the distinct flood was cut off after PEER_BYTES
     assert pub.welcomes <= 2 * 95 and tracker.missed == {}  # at most one welcome per message sent
     assert tracker.last == {"speech": 99, "activity": 99}
+
+
+def test_a_subscription_no_topic_can_match_drops_its_peer(port, monkeypatch):
+    """Issue 21 item 1: ZeroMQ keeps every subscription of every peer in one trie, and each peer that leaves
+    walks all of it: 200 peers in turn with 150 distinct 100-byte subscriptions each stalled delivery 18 s and
+    grew the publisher 136 MB (XPUB_MANUAL keeps a second trie of the same). A subscription that can match a
+    topic (a head or status, HEAD/ID/, a prefix of those, "") is held; any other drops the peer that sent it,
+    and so does one distinct subscription more than MAX_TOPICS."""
+    from actstream.stream import publish
+    from tests import zmtp
+    from tests.conftest import wait_until
+
+    monkeypatch.setattr(publish, "MAX_TOPICS", 8)
+    pub = Publisher(f"tcp://127.0.0.1:{port}", None, "test", "m@0")
+    try:
+        pub.publish("status", 1.0, 1.0, "running", None, {}, state="running")
+        good = [b"", b"spe", b"speech", b"status", b"speech/", b"speech/cam-1_A", b"activity/cam1/"]
+        junk = [b"/", b"speech/cam1/x", b"x" * 33, b"speech//", b"1speech", b"\xffspeech", b"speech\n",
+                b"a/" + b"b" * 65, b"%08x" % 7 * 12]
+        held, _ = zmtp.open_peers(port, len(good), lambda i: zmtp.subscription(good[i]))
+        dropped, _ = zmtp.open_peers(port, len(junk), lambda i: zmtp.subscription(junk[i]))
+        wait_until(lambda: zmtp.still_open(dropped) == 0, 10, "every junk subscriber dropped")
+        assert zmtp.still_open(held) == len(good) and pub.refused_subscriptions == len(junk)
+        assert pub._topics == set(good) and pub._guard.counts["subscription"] == len(junk)
+        # the welcome went to the subscriptions that match a topic: `status` has been answered
+        assert pub.welcomes == 1
+        # distinct topics past MAX_TOPICS (8: 7 held): the peer that adds the 9th is dropped, and what it
+        # subscribed is let go when it goes
+        (greedy,), _ = zmtp.open_peers(port, 1, lambda i: b"".join(zmtp.subscription(b"speech/s%d/" % k)
+                                                                    for k in range(3)))
+        wait_until(lambda: zmtp.still_open([greedy]) == 0, 10, "the peer past MAX_TOPICS dropped")
+        wait_until(lambda: pub._topics == set(good), 10, "its one held topic let go")
+        assert zmtp.still_open(held) == len(good)
+        for s in held:
+            s.close()
+    finally:
+        pub.close(linger_ms=0)
+
+
+def test_connections_are_capped_and_an_idle_one_makes_room(port):
+    """Issue 21 item 2: no cap on connections let 500 peers that stay add 375 MB, and at an open-file limit
+    of 1024 idle peers left new subscribers nothing. With max_peers 3: a subscriber and two idle peers fill it;
+    a newcomer is refused while the idle ones are young, and let in by taking the oldest idle one's place
+    once it has been idle a second; the subscriber keeps its place and its labels."""
+    from actstream.stream.peers import EVICT_AFTER_S
+    from tests import zmtp
+    from tests.conftest import wait_until
+
+    endpoint = f"tcp://127.0.0.1:{port}"
+    pub = Publisher(endpoint, None, "test", "m@0", max_peers=3)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"speech")
+    sub.connect(endpoint)
+    try:
+        wait_subscribed(pub)
+        idle, _ = zmtp.open_peers(port, 2)
+        joined = time.monotonic()
+        assert pub._guard.connected == 3
+        refused = pub._guard.counts["full"]
+        try:
+            zmtp.null_sub(port)
+            admitted = True
+        except OSError:
+            admitted = False
+        if time.monotonic() - joined < EVICT_AFTER_S:  # a slow machine may have let the idle ones age already
+            assert not admitted and pub._guard.counts["full"] == refused + 1
+        (newcomer,), _ = zmtp.open_peers(port, 1, limit_s=10)  # tried again until a place is free
+        assert zmtp.still_open(idle) == 1 and pub._guard.counts["idle"] >= 1
+        assert zmtp.still_open([newcomer]) == 1 and pub._guard.connected == 3
+        publish_steps(pub, 1)
+        assert sub.poll(10_000) and sub.recv_multipart()[0] == b"speech"  # the subscriber was never touched
+        for s in idle + [newcomer]:
+            s.close()
+    finally:
+        sub.close(0)
+        pub.close(linger_ms=0)
+        ctx.term()
+
+
+def test_new_connections_are_taken_at_a_bounded_rate(port):
+    """Past a burst of ACCEPT_BURST, new connections are refused beyond ACCEPT_RATE a second (before their
+    handshake: nothing they send reaches the socket), so no flood of connections makes ZeroMQ take in more
+    than that."""
+    from actstream.stream.peers import ACCEPT_BURST, ACCEPT_RATE
+    from tests import zmtp
+
+    pub = Publisher(f"tcp://127.0.0.1:{port}", None, "test", "m@0")
+    guard = pub._guard
+    try:
+        start = time.monotonic()
+        admitted, refused = 0, 0
+        while admitted + refused < 200:
+            try:
+                zmtp.null_sub(port).close()
+                admitted += 1
+            except OSError:
+                refused += 1
+        elapsed = time.monotonic() - start
+    finally:
+        pub.close(linger_ms=0)
+    assert ACCEPT_BURST <= admitted <= ACCEPT_BURST + ACCEPT_RATE * elapsed + 1, (admitted, refused, elapsed)
+    assert guard.counts["rate"] == refused > 0
 
 
 def test_every_client_key_is_checked_at_start_and_a_bad_one_is_named(curve_keys, media, port):
@@ -484,8 +615,7 @@ def test_listen_skips_and_counts_bad_messages_and_prints_valid_json(port):
                                  "--until-end", "--timeout", "20"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, cwd=ROOT)
         try:
-            pub.wait_subscribed()
-            time.sleep(0.3)  # the SUB's filter is in place once its subscription arrived; its connect too
+            pub.wait_subscribed()  # the SUB's filter is in place: its subscription arrived
             pub.sock.send_multipart([b"speech", json.dumps(good).encode()])
             for frames in bad:
                 pub.sock.send_multipart(frames)
@@ -506,6 +636,17 @@ def test_listen_skips_and_counts_bad_messages_and_prints_valid_json(port):
             assert msgs[-1]["state"] == "end"
         else:
             assert lines[1].split()[:3] == ["?s", "speech", "None"] and "status    end" in lines[-1]
+
+
+def test_a_topic_no_publisher_can_have_is_refused_at_the_edge(port):
+    """The publisher drops a connection that subscribes to what no topic can match: a client asked for such a
+    topic says so at once rather than reconnecting without end."""
+    endpoint = f"tcp://127.0.0.1:{port}"
+    for bad in ("a b", "speech/cam1", "", "1st"):
+        with pytest.raises(ConfigError, match="not a head name or status"):
+            next(subscribe(endpoint, [bad], timeout_s=1))
+    r = run_cli("listen", endpoint, "--topic", "my topic", "--timeout", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "topic my topic: not a head name" in r.stderr, r.stderr
 
 
 def test_listen_refuses_half_a_key_pair(curve_keys):
@@ -735,8 +876,10 @@ def test_subscribe_reconnects_a_connection_that_stays_silent(port, caplog):
             th.join(10)
         finally:
             pub.close()
-    assert tracker.reconnects == 1
-    assert f"no message from {endpoint} for 0.5 s" in caplog.text and "subscribing again" in caplog.text
+    # once, or again where a busy machine held the test's message past the new connection's own 0.5 s: each
+    # said and counted
+    assert tracker.reconnects == caplog.text.count("subscribing again") >= 1, (tracker.reconnects, caplog.text)
+    assert f"no message from {endpoint} for 0.5 s" in caplog.text
 
 
 def test_listen_health_check_fails_without_a_publisher(port):

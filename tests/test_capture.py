@@ -13,7 +13,7 @@ import pytest
 from actstream.stream.capture import Backoff, CameraCapture, MicCapture
 from actstream.stream.devices import redact, resolve_camera
 from actstream.common.errors import SourceError
-from tests.conftest import run_cli
+from tests.conftest import run_cli, wait_until
 from tests.livekit import MjpegServer, write_wav
 
 RATE = 16000
@@ -49,9 +49,14 @@ def test_microphone_records_what_is_played_into_the_sink(pulse, tmp_path):
     mic.start()
     try:
         start = mic.ring.written
-        pulse.play(wav)
-        time.sleep(0.2)
-        got = mic.ring.read(mic.ring.written, mic.ring.written - start)
+        pulse.play(wav)  # returns when paplay has handed the last sample to the server
+
+        def tone_ended():  # the recording holds the tone and 0.1 s of the silence after it: its tail is in
+            got = mic.ring.read(mic.ring.written, mic.ring.written - start)
+            loud = np.flatnonzero(np.abs(got) > 0.05)
+            return (got,) if len(loud) and len(got) - loud[-1] > RATE // 10 else None
+
+        (got,) = wait_until(tone_ended, 10.0, "the end of the tone in the recording")
     finally:
         mic.close()
     loud = got[np.abs(got) > 0.05]

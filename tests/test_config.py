@@ -25,6 +25,7 @@ def test_shipped_config_lists_the_defaults():
     ("[model]\nthreds = 2\n", ["unknown key model.threds", "threads"]),
     ("[nonsense]\n", ["unknown section [nonsense]"]),
     ("[step\n", ["not valid TOML"]),
+    ("[publish]\nmax_peers = -1\n", ["publish.max_peers = -1", "0 (chosen from the open-file limit) to 65536"]),
 ])
 def test_bad_config_names_key_and_value(tmp_path, body, words):
     p = tmp_path / "c.toml"
@@ -102,6 +103,8 @@ def test_folder_and_oversized_file_are_refused(tmp_path):
 @pytest.mark.parametrize("body, words", [
     ("[model]\nthreads = true\n", ["model.threads = True"]),
     ("[publish]\nhwm = true\n", ["publish.hwm = True"]),
+    ("[publish]\nmax_peers = true\n", ["publish.max_peers = True"]),
+    ("[publish]\nmax_peers = 70000\n", ["publish.max_peers = 70000"]),
     ("[live]\nseconds = inf\n", ["live.seconds = inf"]),
     ("[live]\nseconds = nan\n", ["live.seconds = nan"]),
     ("[policy]\nsmoothing = true\n", ["policy.smoothing = True"]),
@@ -128,3 +131,21 @@ def test_cli_refuses_threads_true_in_one_line(tmp_path, media):
     r = run_cli("replay", str(media["wav"]), "--config", str(p), "--publish", "none")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "model.threads = True is invalid" in r.stderr
+
+
+def test_max_peers_over_the_open_file_limit_is_one_line(tmp_path, media, port):
+    """publish.max_peers past what the open-file limit read at start leaves (a quarter of it, less 64 files, per
+    socket) is refused before anything listens: each peer takes a descriptor, and at the limit ZeroMQ could
+    accept nobody."""
+    import resource
+    import subprocess
+    import sys
+
+    p = tmp_path / "c.toml"
+    p.write_text("[publish]\nmax_peers = 100\n")
+    r = subprocess.run([sys.executable, "-m", "actstream.cli", "replay", str(media["wav"]), "--config", str(p),
+                        "--publish", f"tcp://127.0.0.1:{port}"], capture_output=True, text=True, timeout=120,
+                       cwd=ROOT, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("actstream: error: publish.max_peers = 100 is more than the open-file limit allows: "
+                               "256 files (ulimit -n) leave room for 48 peers"), r.stderr

@@ -17,7 +17,7 @@ import torch
 
 from actstream.stream.client import SeqTracker, subscribe
 from actstream.stream.sources import load_audio
-from tests.conftest import ROOT, need_shared
+from tests.conftest import ROOT, need_shared, wait_until
 from tests.livekit import MjpegServer, write_wav
 
 RATE = 16000
@@ -26,6 +26,24 @@ RATE = 16000
 def start_live(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "actstream.cli", "live", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def wait_running(proc: subprocess.Popen, out, timeout_s: float = 60) -> None:
+    """Until `live` has written a status to --out (it flushes at each) saying each of its devices delivers.
+    What the test plays before that would not be heard, or be heard earlier in the stream than it means to."""
+    def delivering(line: str) -> bool:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return False  # a line still being written
+        devices = msg.get("devices") or {}
+        return msg.get("topic") == "status" and bool(devices) and all(d["state"] == "ok" for d in devices.values())
+
+    def running() -> bool:
+        assert proc.poll() is None, f"live exited {proc.returncode}: {proc.stderr.read()}"
+        return out.exists() and any(delivering(line) for line in out.read_text().splitlines())
+
+    wait_until(running, timeout_s, "a status of live in --out with every device delivering", every_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +87,17 @@ class Listener(threading.Thread):
 def test_live_microphone_hears_speech_through_pulseaudio(pulse, speech_wav, tmp_path):
     out = tmp_path / "o.jsonl"
     proc = start_live("--camera", "none", "--mic", "pulse", "--seconds", "11", "--out", str(out), "--publish", "none")
-    time.sleep(1.0)
+    wait_running(proc, out)
     pulse.play(speech_wav)  # 3 s silence + speech + 2 s silence, while the command runs
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     msgs = [json.loads(x) for x in out.read_text().splitlines()]
     speech = [m for m in msgs if m["topic"] == "speech"]
     # a label every step from the microphone's first block on (the default's audio heads wait for audio: the
-    # first steps, before PulseAudio delivers, have none: 1.2 s here), none missed after that
-    assert msgs[-1]["steps"] == 110 and speech[0]["t"] <= 2.0
+    # first steps, before PulseAudio delivers, have none: 1.2 s here, 2.1 s with other tests on the two cores),
+    # by the first status that says the microphone delivers; none missed after that
+    first_ok = next(m["t"] for m in msgs if m["topic"] == "status" and m["devices"]["mic"]["state"] == "ok")
+    assert msgs[-1]["steps"] == 110 and speech[0]["t"] <= first_ok <= 5.0, (speech[0]["t"], first_ok)
     assert [m["seq"] for m in speech] == list(range(len(speech)))
     assert np.allclose(np.diff([m["t"] for m in speech]), 0.1) and speech[-1]["t"] == pytest.approx(11.0)
     labels = [m["label"] for m in speech]
@@ -115,7 +135,7 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
                                   stderr=subprocess.PIPE, text=True, cwd=ROOT)
         proc = start_live("--camera", cam.url, "--mic", "pulse", "--seconds", "12", "--publish", endpoint,
                           "--out", str(out))
-        time.sleep(1.5)
+        wait_running(proc, out)
         player = pulse.play(wav, wait=False)
         _, err = proc.communicate(timeout=90)
         text, _ = listen.communicate(timeout=30)
@@ -180,9 +200,10 @@ def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, mo
         try:
             listener.wait_for(lambda m: m["topic"] == "action" and m["seq"] >= 10, 120, "labels before the outage")
             cam.gone.set()
-            listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok", 30,
-                              "a status saying the camera is down")
-            time.sleep(2.0)
+            first = listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok",
+                                      30, "a status saying the camera is down")
+            listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok"
+                              and m["seq"] >= first["seq"] + 2, 30, "two more statuses with the camera down")
             cam.gone.clear()
             listener.wait_for(lambda m: m["topic"] == "status" and m["devices"]["camera"]["state"] == "ok"
                               and m["devices"]["camera"]["reconnects"] >= 1, 30, "the camera back")
@@ -195,8 +216,15 @@ def test_camera_outage_while_audio_labels_keep_flowing(pulse, tmp_path, port, mo
     assert proc.returncode == 0, err
     msgs = listener.msgs
     act = [m for m in msgs if m["topic"] == "activity"]
-    assert [m["seq"] for m in act] == list(range(len(act)))  # the audio head: a label every step
-    assert [round(b["t"] - a["t"], 3) for a, b in zip(act, act[1:])] == [0.1] * (len(act) - 1)
+    assert [m["seq"] for m in act] == list(range(len(act)))  # the audio head: a label every step it ticked
+    # On a busy machine the scheduler skips a tick that came a whole step late (stream/scheduler.py: skipped,
+    # never drifted; seen once with two other engineers' tests on the two cores): no head has that step. A
+    # head stopped by the outage would miss its seconds; one missing a step the process ticked would show
+    # it beside another head's label.
+    gaps = [round(b["t"] - a["t"], 1) for a, b in zip(act, act[1:])]
+    missed = {round(a["t"] + 0.1 * i, 1) for a, g in zip(act, gaps) for i in range(1, round(g * 10))}
+    assert all(g <= 0.3 for g in gaps) and len(missed) <= 5, gaps
+    assert not missed & {round(m["t"], 1) for m in msgs if m["topic"] == "action"}, missed
     # while the camera is down (from the first status that says so to the last), the visual head is silent
     down = [m for m in msgs if m["topic"] == "status" and m["devices"]["camera"]["state"] != "ok"
             and m["t"] > act[0]["t"]]

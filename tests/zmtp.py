@@ -55,14 +55,15 @@ def recv_exactly(s: socket.socket, n: int) -> bytes:
     return data
 
 
-def null_sub(port: int, timeout_s: float = 2.0) -> socket.socket:
-    """A connection that has done the NULL handshake as a SUB: what follows are its messages. Each side's
-    greeting is read before READY is sent (libzmq drops what a peer sends before it has read the greeting)."""
+def null_sub(port: int, timeout_s: float = 2.0, socket_type: bytes = b"SUB") -> socket.socket:
+    """A connection that has done the NULL handshake as a SUB (or socket_type): what follows are its messages.
+    Each side's greeting is read before READY is sent (libzmq drops what a peer sends before it has read the
+    greeting). ConnectionError when the publisher closes it first (it refused the connection)."""
     s = connect(port, timeout_s)
     try:
         s.sendall(greeting(b"NULL"))
         recv_exactly(s, 64)
-        s.sendall(ready(b"SUB"))
+        s.sendall(ready(socket_type))
         flags, size = recv_exactly(s, 2)  # the publisher's READY
         recv_exactly(s, size)
     except OSError:
@@ -78,3 +79,40 @@ def send_quietly(s: socket.socket, data: bytes) -> bool:
         return True
     except OSError:
         return False
+
+
+def open_peers(port: int, n: int, send=None, limit_s: float = 5.0,
+               socket_type: bytes = b"SUB") -> tuple[list[socket.socket], int]:
+    """Up to n handshaken peers, each sending send(i) (nothing for None) and staying, tried in turn for limit_s
+    at most: the publisher refuses connections past its accept rate and its cap, and each is tried again after
+    a pause. Returns them (non-blocking) and how many tries were refused."""
+    import time
+
+    peers, refused = [], 0
+    deadline = time.monotonic() + limit_s
+    while len(peers) < n and time.monotonic() < deadline:
+        try:
+            s = null_sub(port, socket_type=socket_type)
+        except OSError:
+            refused += 1
+            time.sleep(0.005)  # paces the attacker (two cores are shared with the publisher): no synchronisation
+            continue
+        data = send(len(peers)) if send else b""
+        if data:
+            send_quietly(s, data)
+        s.setblocking(False)
+        peers.append(s)
+    return peers, refused
+
+
+def still_open(peers: list[socket.socket]) -> int:
+    """How many of these (non-blocking) connections the publisher has not closed."""
+    n = 0
+    for s in peers:
+        try:
+            n += s.recv(1) != b""
+        except BlockingIOError:
+            n += 1
+        except OSError:
+            pass
+    return n
