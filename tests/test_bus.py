@@ -485,7 +485,6 @@ def test_connections_are_capped_and_an_idle_one_makes_room(port):
     once it has been idle a second; the subscriber keeps its place and its labels."""
     from actstream.stream.peers import EVICT_AFTER_S
     from tests import zmtp
-    from tests.conftest import wait_until
 
     endpoint = f"tcp://127.0.0.1:{port}"
     pub = Publisher(endpoint, None, "test", "m@0", max_peers=3)
