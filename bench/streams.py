@@ -97,11 +97,15 @@ class _Listener:
         import zmq
 
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.setsockopt(zmq.RCVHWM, 1_000_000)
+        self.socks = []  # one per endpoint: a separate process is told apart by the socket its labels came on
+        self.poller = zmq.Poller()
         for e in endpoints:
-            self.sock.connect(e)
+            sock = self.ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.setsockopt(zmq.RCVHWM, 1_000_000)
+            sock.connect(e)
+            self.poller.register(sock, zmq.POLLIN)
+            self.socks.append(sock)
         self.lat: dict[str, list[float]] = {}
         self.steps: dict[str, int] = {}
         self.late = self.skipped = self.sat_out = 0
@@ -111,29 +115,34 @@ class _Listener:
         self._thread.start()
 
     def _run(self) -> None:
+        import zmq
+
         while not self._stop.is_set():
-            if not self.sock.poll(100):
-                continue
-            topic, payload = self.sock.recv_multipart()
-            now = time.time()
-            msg = json.loads(payload)
-            if self.started is None:
-                continue
-            head = msg.get("head", msg["topic"])
-            sid = msg.get("stream") or msg["source"]
-            if msg["topic"] == "status":  # serve's own status: how its ticks kept up
-                self.late += msg.get("late_ticks", 0)
-                self.skipped += msg.get("skipped_ticks", 0)
-            elif head == "status":
-                continue
-            elif head == "speech":  # one head: one message per step of that stream
-                self.lat.setdefault(sid, []).append((now - msg["wall"]) * 1000.0)
-                self.steps[sid] = self.steps.get(sid, 0) + 1
+            for sock, _ in self.poller.poll(100):
+                while True:
+                    try:
+                        topic, payload = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._take(self.socks.index(sock), json.loads(payload), time.time())
+
+    def _take(self, endpoint: int, msg: dict, now: float) -> None:
+        if self.started is None:
+            return
+        head = msg.get("head", msg["topic"])
+        sid = msg.get("stream") or f"process{endpoint}"
+        if msg["topic"] == "status":  # serve's own status: how its ticks kept up
+            self.late += msg.get("late_ticks", 0)
+            self.skipped += msg.get("skipped_ticks", 0)
+        elif head == "speech":  # one head: one message per step of that stream
+            self.lat.setdefault(sid, []).append((now - msg["wall"]) * 1000.0)
+            self.steps[sid] = self.steps.get(sid, 0) + 1
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2.0)
-        self.sock.close(0)
+        for sock in self.socks:
+            sock.close(0)
         self.ctx.term()
 
 
@@ -145,16 +154,9 @@ def _measure(kind: str, n: int, clip: Path, model: str, seconds: float, warmup_s
         endpoints = [f"tcp://127.0.0.1:{_port()}"]
         cmds = [[*cli, "serve", "--model", model, "--publish", endpoints[0], "--control", "none",
                  *[a for i in range(n) for a in ("--stream", f"s{i}=file:{clip},loop")]]]
-    else:  # each process replays its own name for the clip, so its messages' `source` tells them apart
+    else:  # each process publishes on its own endpoint
         endpoints = [f"tcp://127.0.0.1:{_port()}" for _ in range(n)]
-        names = []
-        for i in range(n):
-            name = clip.with_name(f"s{i}{clip.suffix}")
-            if not name.exists():
-                name.symlink_to(clip.name)
-            names.append(name)
-        cmds = [[*cli, "replay", str(f), "--model", model, "--realtime", "--publish", e]
-                for f, e in zip(names, endpoints)]
+        cmds = [[*cli, "replay", str(clip), "--model", model, "--realtime", "--publish", e] for e in endpoints]
     listener = _Listener(endpoints)
     procs = _Procs(cmds)
     try:
@@ -183,7 +185,8 @@ def run_streams_bench(work: Path, model: str = "default", counts: list[int] | No
                       warmup_s: float = 8.0, json_out: str | None = None, png_out: str | None = None,
                       progress=None) -> dict:
     """The curve for both ways, N rising until each way has failed twice in a row."""
-    clip = media.video_with_audio(work / "streams-30s.mp4", 30.0)
+    length = int(seconds + warmup_s + 15)  # `replay --realtime` does not loop: the clip outlasts the measurement
+    clip = media.video_with_audio(work / f"streams-{length}s.mp4", float(length))
     counts = counts or [1, 2, 4, 6, 8, 12, 16, 20, 24, 32]
     rows: list[dict] = []
     for kind in ("serve", "separate"):
