@@ -108,6 +108,8 @@ class _Listener:
             self.socks.append(sock)
         self.lat: dict[str, list[float]] = {}
         self.steps: dict[str, int] = {}
+        self.seq: dict[str, int] = {}  # the last seq of each stream's speech topic, and the gaps seen in it
+        self.gaps: dict[str, int] = {}
         self.late = self.skipped = self.sat_out = 0
         self.started: float | None = None  # when the measured window opened (the warm-up is not counted)
         self._stop = threading.Event()
@@ -137,6 +139,10 @@ class _Listener:
         elif head == "speech":  # one head: one message per step of that stream
             self.lat.setdefault(sid, []).append((now - msg["wall"]) * 1000.0)
             self.steps[sid] = self.steps.get(sid, 0) + 1
+            last = self.seq.get(sid)
+            if last is not None and msg["seq"] != last + 1:
+                self.gaps[sid] = self.gaps.get(sid, 0) + 1
+            self.seq[sid] = msg["seq"]
 
     def close(self) -> None:
         self._stop.set()
@@ -181,6 +187,52 @@ def _measure(kind: str, n: int, clip: Path, model: str, seconds: float, warmup_s
             "peak_rss_mb": procs.peak_rss_mb, "errors": errors}
 
 
+def _streams_cli(control: str, *args: str) -> str:
+    """`actstream streams ARGS` against a running serve; its reply line."""
+    r = subprocess.run([sys.executable, "-m", "actstream.cli", "streams", *args, "--control", control, "--timeout", "10"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return (r.stdout + r.stderr).strip().splitlines()[-1] if (r.stdout + r.stderr).strip() else f"exit {r.returncode}"
+
+
+def _measure_faults(n: int, clip: Path, model: str, seconds: float, warmup_s: float, work: Path) -> dict:
+    """The faults of a running serve, measured as the quiet run is: n streams, and a quarter of the way in a
+    stream whose file breaks off half-way is added, a stream is removed, and two are added (a recording, and
+    a camera URL nothing answers, so it retries with back-off). The streams left alone are timed: their
+    steps, their worst p99 and whether their seq ran without a gap."""
+    broken = work / "broken.mp4"
+    if not broken.exists():
+        data = clip.read_bytes()
+        broken.write_bytes(data[: len(data) // 2])
+    endpoint, control = f"tcp://127.0.0.1:{_port()}", f"tcp://127.0.0.1:{_port()}"
+    cmd = [sys.executable, "-m", "actstream.cli", "serve", "--model", model, "--publish", endpoint, "--control",
+           control, *[a for i in range(n) for a in ("--stream", f"s{i}=file:{clip},loop")]]
+    listener = _Listener([endpoint])
+    procs = _Procs([cmd])
+    replies = []
+    try:
+        time.sleep(warmup_s)
+        cpu0, listener.started = procs.cpu(), time.time()
+        time.sleep(seconds / 4)
+        dead = _port()  # a port nothing listens on: the camera cannot be opened and is retried
+        for args in (("add", f"broken=file:{broken}"), ("remove", f"s{n - 1}"), ("add", f"extra=file:{clip},loop"),
+                     ("add", f"cam=http://127.0.0.1:{dead}/video.mjpg")):
+            replies.append(f"{' '.join(args)}: {_streams_cli(control, *args)}")
+        time.sleep(seconds * 3 / 4)
+        cpu = procs.cpu() - cpu0
+        lat = {k: list(v) for k, v in listener.lat.items() if k in {f"s{i}" for i in range(n - 1)}}
+        steps = {k: v for k, v in listener.steps.items() if k in lat}
+        gaps = sum(v for k, v in listener.gaps.items() if k in lat)
+    finally:
+        errors = procs.stop()
+        listener.close()
+    p99s = [float(np.percentile(v, 99)) for v in lat.values()]
+    return {"kind": "serve with faults", "streams": n, "untouched": len(lat), "seq_gaps": gaps,
+            "p99_ms_worst_stream": max(p99s) if p99s else None,
+            "steps_per_stream_min": min(steps.values()) if steps else 0, "steps_wanted": int(seconds * 10),
+            "late_ticks": listener.late, "skipped_ticks": listener.skipped, "cpu_cores": cpu / seconds,
+            "peak_rss_mb": procs.peak_rss_mb, "control": replies, "errors": errors}
+
+
 def run_streams_bench(work: Path, model: str = "default", counts: list[int] | None = None, seconds: float = 60.0,
                       warmup_s: float = 8.0, json_out: str | None = None, png_out: str | None = None,
                       progress=None) -> dict:
@@ -202,8 +254,16 @@ def run_streams_bench(work: Path, model: str = "default", counts: list[int] | No
             if failed >= 2:
                 break
     best = {k: max([r["streams"] for r in rows if r["kind"] == k and r["held"]], default=0) for k in ("serve", "separate")}
+    faults = None
+    if best["serve"] >= 2:  # the faults at the largest N served, against its quiet run
+        quiet = next(r for r in rows if r["kind"] == "serve" and r["streams"] == best["serve"])
+        faults = _measure_faults(best["serve"], clip, model, seconds, warmup_s, work)
+        faults["p99_vs_quiet"] = (faults["p99_ms_worst_stream"] / quiet["p99_ms_worst_stream"]
+                                  if faults["p99_ms_worst_stream"] and quiet["p99_ms_worst_stream"] else None)
+        log.info("faults at %d streams: p99 %s ms (x%s of quiet)", best["serve"], faults["p99_ms_worst_stream"],
+                 faults["p99_vs_quiet"])
     result = {"seconds": seconds, "p99_target_ms": P99_MS, "model": model, "clip": "320x240 25 fps H.264 + 16 kHz AAC, looped",
-              "cores": os.cpu_count(), "rows": rows, "largest_held": best,
+              "cores": os.cpu_count(), "rows": rows, "largest_held": best, "faults": faults,
               "ratio": best["serve"] / best["separate"] if best["separate"] else None}
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
@@ -244,7 +304,16 @@ def table(result: dict) -> str:
         lines.append(f"| {r['kind']} | {r['streams']} | {'yes' if r['held'] else 'no'} | "
                      f"{r['p50_ms'] or 0:.1f} | {r['p99_ms_worst_stream'] or 0:.1f} | {r['steps_per_stream_min']}/"
                      f"{r['steps_wanted']} | {r['late_ticks']} | {r['cpu_cores']:.2f} | {r['peak_rss_mb']:.0f} |")
+    f = result.get("faults")
+    if f:
+        lines.append(f"| serve, faults (untouched {f['untouched']}) | {f['streams']} | - | - | "
+                     f"{f['p99_ms_worst_stream'] or 0:.1f} | {f['steps_per_stream_min']}/{f['steps_wanted']} | "
+                     f"{f['late_ticks']} | {f['cpu_cores']:.2f} | {f['peak_rss_mb']:.0f} |")
     best = result["largest_held"]
     lines.append(f"\nlargest N held: serve {best['serve']}, separate processes {best['separate']}"
                  + (f" (x{result['ratio']:.1f})" if result["ratio"] else ""))
+    if f:
+        ratio = f"x{f['p99_vs_quiet']:.2f}" if f.get("p99_vs_quiet") else "n/a"
+        lines.append(f"faults at {f['streams']} streams (a broken file added, one removed, a recording and a dead "
+                     f"camera added): untouched streams' worst p99 {ratio} of the quiet run, {f['seq_gaps']} seq gaps; " + "; ".join(f["control"]))
     return "\n".join(lines)
