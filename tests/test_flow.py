@@ -84,6 +84,7 @@ def render(way: str, seed: int, n: int = 50):
         yield img
 
 
+@pytest.mark.slow  # about a minute; tests/test_teach.py teaches a motion model in the default run
 def test_teaching_three_square_motions_recognises_a_new_render(tmp_path, monkeypatch):
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
     ways = ("left", "right", "up")

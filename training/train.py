@@ -230,7 +230,7 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
                           "KTH person04, GRID, mmaction2 samples",
             "head_data": {"speech": "LibriSpeech, FSDD, DCASE speech vs the rest", "activity": "DCASE events, "
                           "speaking, quiet", "action": f"Weizmann (10 actions), PS7 (arms_up_front, arms_up_side; "
-                          f"wave as wave1), still (people at rest, held frames), other (KTH's actions, turned "
+                          f"wave as wave1), still (people at rest, from the first half second of each recording), other (KTH's actions, turned "
                           f"recordings, generated motion); mirrored: {video.mirrored}"},
             "validation_metrics": best_m, "train_seconds": round(time.time() - t_start, 1),
             "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"}
