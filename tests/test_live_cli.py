@@ -5,6 +5,7 @@ loopback opened by OpenCV like a webcam. Faults are made in those devices while 
 from __future__ import annotations
 
 import json
+from collections import Counter
 import signal
 import subprocess
 import sys
@@ -154,6 +155,7 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
     lines = text.splitlines()  # what the user sees in the terminal: a line per head per step, and the statuses
     assert sum(" action " in x for x in lines) >= len(by["action"]) - 10 and any(" status " in x for x in lines)
     print("\n".join(x for x in lines if x.lstrip().startswith(("6.00s", "12.00s"))))  # the README's excerpt
+    print(Counter(actions).most_common(3), f"{len(actions)} action steps; speech heard {len(heard) / 10:.1f} s")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
