@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from actstream.cluster.recordings import output_names
+from actstream.engines.bundle import load_spec
 from tests.conftest import moving_frames, run_cli, tone_and_noise
 from actstream.views.demo import write_media
 
@@ -39,7 +40,7 @@ def test_batch_starts_its_own_ray_labels_as_replay_does_and_a_second_run_does_wh
     for path, name in ((wav, "door.wav.jsonl"), (mp4, "door.mp4.jsonl"), (flac, "day2/hall.jsonl")):
         assert (out / name).read_bytes() == _replayed(path, tmp_path), name
     record = json.loads((out / "batch.json").read_text())
-    assert record["settings"]["model"] == "default@3" and record["summary"]["labelled"] == 3
+    assert record["settings"]["model"] == load_spec("default").tag and record["summary"]["labelled"] == 3
 
     # a run that stopped half way: one output missing, its half-written part left behind
     expected = (out / "day2" / "hall.jsonl").read_bytes()

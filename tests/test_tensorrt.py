@@ -42,8 +42,9 @@ def test_profile_shapes_make_the_batch_dynamic():
     shapes = profile_shapes(spec.folder / "audio_encoder.onnx")
     assert shapes == {"logmel": ((1, 96, 64), (16, 96, 64), (64, 96, 64))}
     temporal = profile_shapes(spec.folder / "temporal.onnx")
-    assert temporal["h0"] == ((1, 1, spec.hidden),) * 3  # fixed dimensions stay fixed
-    assert temporal["audio"][2] == (1, 64, spec.audio_dim)  # the step count T ranges up to a batch
+    # the LSTM's layer count stays fixed; its streams (N, one state row each) range up to a batch
+    assert temporal["h0"] == ((1, 1, spec.hidden), (1, 16, spec.hidden), (1, 64, spec.hidden))
+    assert temporal["audio"][2] == (64, 64, spec.audio_dim)  # streams N and steps T both range up to a batch
 
 
 def test_engine_file_checks_reject_corrupt_truncated_and_stale(tmp_path):
