@@ -711,9 +711,13 @@ def cmd_record(args) -> int:
 
 def cmd_eval(args) -> int:
     from actstream.engines.bundle import load_spec
+    from actstream.evaluation.errors import largest_source_line
     from actstream.evaluation.eval import evaluate_shared
+    from actstream.evaluation.peers import check_peers, parse_peers
     from actstream.views.outputs import check_output_folder
 
+    peers = parse_peers(args.compare)  # an unknown or missing peer is refused before any model loads
+    check_peers(peers)
     cfg = load_config(args.config)
     spec = load_spec(args.model)
     if "speech" not in spec.heads and "video" in spec.modalities:
@@ -724,9 +728,9 @@ def cmd_eval(args) -> int:
                                 cfg.model.backend, progress=_progress())
         print(json.dumps(report, indent=2))
         return 0
-    report = evaluate_shared(args.model, Path(args.data), Path(args.out), args.compare or [], args.timelines,
+    report = evaluate_shared(args.model, Path(args.data), Path(args.out), peers, args.timelines,
                              args.seconds, backend=args.backend or cfg.model.backend, policy_cfg=cfg.policy,
-                             progress=_progress())
+                             progress=_progress(), against=args.against)
     if "video" in spec.modalities:  # a model that looks and listens (the default): its eyes too, in out/video/
         from actstream.evaluation.video import evaluate_video
 
@@ -734,6 +738,9 @@ def cmd_eval(args) -> int:
                                          backend=args.backend or cfg.model.backend, progress=_progress())
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    for who, errors in report["speech_errors"].items():
+        print(f"actstream: speech of {report['model'] if who == 'model' else who}: {largest_source_line(errors)}",
+              file=sys.stderr)
     return 0
 
 
@@ -928,7 +935,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", help="model name or folder")
     ev.add_argument("data", help="the shared data folder (its test splits are used)")
     ev.add_argument("--out", default="eval", help="folder for report.json, confusion.png, timeline.png")
-    ev.add_argument("--compare", action="append", choices=["silero"], help="also score silero-vad on the same timelines")
+    ev.add_argument("--compare", action="append", metavar="VADS",
+                    help="also score other VADs on the same timelines: silero, ten, webrtc (comma-separated or "
+                         "repeated)")
+    ev.add_argument("--against", metavar="OTHER_MODEL",
+                    help="also score another model's speech on the same timelines, timeline by timeline")
     ev.add_argument("--timelines", type=int, default=8)
     ev.add_argument("--seconds", type=float, default=60.0, help="length of each timeline")
     ev.add_argument("--backend")

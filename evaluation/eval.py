@@ -3,8 +3,10 @@
 Evaluation timelines are mixed from the test splits only (LibriSpeech test-other and FSDD test speakers for
 speech, DCASE fold 5 for events, background for quiet), with known truth per step. The model runs through the
 same step core and label policy as replay. Reported: per-class precision/recall/F1 and a confusion matrix
-(PNG), frame-level speech F1, event onset latency, DCASE fold 5 clip accuracy, a timeline plot (PNG), and
-with `--compare silero` silero-vad's F1 on the very same timelines.
+(PNG), frame-level speech F1 pooled and per timeline, where the speech errors are (evaluation/errors.py), event
+onset latency, DCASE fold 5 clip accuracy, a timeline plot (PNG); with `--compare silero,ten,webrtc` the same
+speech figures for other VADs on the very same timelines (evaluation/peers.py), and with `--against OTHER` the
+speech F1 of another model on them, timeline by timeline (a hybrid must not hear worse than its audio-only twin).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from actstream.common.files import shown_path
 
 from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
 from actstream.stream.sources import load_audio
-from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, make_timeline
+from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, mix_timeline
+from actstream.evaluation.errors import speech_errors
 from actstream.evaluation.metrics import binary_f1, confusion, onset_latency, per_class
+from actstream.evaluation.peers import check_peers, parse_peers, peer_steps
 
 log = logging.getLogger(__name__)
 STEP_S = DEFAULT_STEP_MS / 1000.0  # the truth of the mixed timelines is per 100 ms step (data.make_timeline)
@@ -72,21 +76,6 @@ def run_stream(spec: ModelSpec, engines, audio: np.ndarray, policy_cfg: PolicyCo
     return StreamRun({h: np.asarray(v) for h, v in probs.items()}, {h: np.asarray(v) for h, v in labels.items()})
 
 
-def silero_steps(audio: np.ndarray, n_steps: int, rate: int = 16000) -> np.ndarray:
-    """silero-vad's speech decision per step, from its own segmenter get_speech_timestamps (default settings),
-    read with the truth's convention: a step is speech when speech covers most of its last 75 ms."""
-    import torch
-    from silero_vad import get_speech_timestamps, load_silero_vad
-
-    model = load_silero_vad()
-    stamps = get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=rate)
-    mask = np.zeros(len(audio), np.int8)
-    for s in stamps:
-        mask[s["start"]:s["end"]] = 1
-    step = int(rate * STEP_S)
-    return np.array([int(mask[max(0, (k + 1) * step - 1200):(k + 1) * step].mean() >= 0.5) for k in range(n_steps)])
-
-
 MAX_TIMELINES = 1000
 MAX_SECONDS = 3600.0
 MANIFESTS = ("librispeech_test_other", "fsdd", "dcase2016_task2")
@@ -112,11 +101,8 @@ def check_eval_args(data_root: Path, out_dir: Path, timelines: int, seconds: flo
         raise ConfigError(f"--out {shown_path(out_dir)}: is the data folder: write the report to a folder of its own")
 
 
-def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[str], timelines: int = 8,
-                    seconds: float = 60.0, seed: int = 1234, backend: str = "onnxruntime",
-                    policy_cfg: PolicyConfig | None = None, progress=None) -> dict:
-    """The full evaluation of a speech + activity model on the shared test splits; writes report.json and PNGs."""
-    check_eval_args(data_root, out_dir, timelines, seconds)
+def open_speech_model(model: str, backend: str):
+    """(spec, loaded engines) of a model eval can judge: one with a speech head stepping at 100 ms."""
     spec = load_spec(model)
     if "speech" not in spec.heads:
         raise ConfigError(f"model {spec.tag} has no speech head (heads: {', '.join(spec.heads)}): eval judges "
@@ -124,30 +110,98 @@ def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[st
     if spec.step_ms != DEFAULT_STEP_MS:
         raise ConfigError(f"model {spec.tag} steps at {spec.step_ms} ms: eval's timelines carry their truth per "
                           f"{DEFAULT_STEP_MS} ms step, so it judges models trained at {DEFAULT_STEP_MS} ms")
-    policy_cfg = policy_cfg or PolicyConfig()
     engines = open_engines(spec, backend)
     engines.load()
+    return spec, engines
+
+
+def speech_decisions(spec: ModelSpec, run: StreamRun, n: int) -> np.ndarray:
+    """The label policy's speech decision (0/1) for the first n steps of a run."""
+    return (run.labels["speech"][:n] == spec.heads["speech"].index("speech")).astype(np.int64)
+
+
+def eval_timelines(data_root: Path, timelines: int, seconds: float, seed: int):
+    """The eval's timelines, mixed from the test splits: the same seed gives the same timelines."""
     speech, events = test_clips(data_root)
     rng = np.random.default_rng(seed)
+    tls = (mix_timeline(speech + events, seconds, rng, speech_share=SPEECH_SHARE) for _ in range(timelines))
+    return events, rng, tls
+
+
+def against_report(tag: str, other_tag: str, f1: list[float], other_f1: list[float], pooled: dict,
+                   other_pooled: dict) -> dict:
+    """Speech F1 of a model and another on the same timelines, timeline by timeline; difference = model - other."""
+    diff = [round(a - b, 4) for a, b in zip(f1, other_f1)]
+    return {"model": tag, "other": other_tag, "speech_f1_per_timeline": f1, "other_speech_f1_per_timeline": other_f1,
+            "difference_per_timeline": diff, "worse_on": sum(d < 0 for d in diff), "timelines": len(diff),
+            "speech_f1": pooled, "other_speech_f1": other_pooled,
+            "difference": round(pooled["f1"] - other_pooled["f1"], 4)}
+
+
+def compare_models(model: str, other: str, data_root: Path, timelines: int = 8, seconds: float = 60.0,
+                   seed: int = 1234, backend: str = "onnxruntime", policy_cfg: PolicyConfig | None = None) -> dict:
+    """The regression check of `--against`: two models' speech F1 on the same timelines (same seed), per
+    timeline and pooled. A hybrid's ears must not be worse than the same recipe's without video."""
+    policy_cfg = policy_cfg or PolicyConfig()
+    spec, engines = open_speech_model(model, backend)
+    ospec, oengines = open_speech_model(other, backend)
+    _, _, tls = eval_timelines(data_root, timelines, seconds, seed)
+    truth, mine, theirs = [], [], []
+    for tl in tls:
+        run, orun = run_stream(spec, engines, tl.audio, policy_cfg), run_stream(ospec, oengines, tl.audio, policy_cfg)
+        n = min(len(tl.speech), len(run.labels["speech"]), len(orun.labels["speech"]))
+        truth.append(tl.speech[:n])
+        mine.append(speech_decisions(spec, run, n))
+        theirs.append(speech_decisions(ospec, orun, n))
+    engines.close()
+    oengines.close()
+    return _against(spec.tag, ospec.tag, truth, mine, theirs)
+
+
+def _against(tag: str, other_tag: str, truth: list, mine: list, theirs: list) -> dict:
+    return against_report(tag, other_tag, [binary_f1(t, p)["f1"] for t, p in zip(truth, mine)],
+                          [binary_f1(t, p)["f1"] for t, p in zip(truth, theirs)],
+                          binary_f1(np.concatenate(truth), np.concatenate(mine)),
+                          binary_f1(np.concatenate(truth), np.concatenate(theirs)))
+
+
+def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[str], timelines: int = 8,
+                    seconds: float = 60.0, seed: int = 1234, backend: str = "onnxruntime",
+                    policy_cfg: PolicyConfig | None = None, progress=None, against: str | None = None) -> dict:
+    """The full evaluation of a speech + activity model on the shared test splits; writes report.json and PNGs.
+    compare: peer VADs (names of evaluation/peers.py; comma-separated entries allowed); against: another model
+    scored on the same timelines (report section `against`)."""
+    peers = parse_peers(compare)
+    check_eval_args(data_root, out_dir, timelines, seconds)
+    check_peers(peers)
+    policy_cfg = policy_cfg or PolicyConfig()
+    spec, engines = open_speech_model(model, backend)
+    other = open_speech_model(against, backend) if against else None
+    events, rng, tls = eval_timelines(data_root, timelines, seconds, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     act_classes = spec.heads.get("activity", [])
-    truth_a, truth_s, pred_a, pred_s, raw_s, sil = [], [], [], [], [], []
+    truth_a, truth_s, segs, pred_a, pred_s, raw_s, other_s = [], [], [], [], [], [], []
+    peer_s: dict[str, list[np.ndarray]] = {name: [] for name in peers}
     first = None
-    for i in range(timelines):
-        x, a, s = make_timeline(speech + events, seconds, rng, speech_share=SPEECH_SHARE)
+    for i, tl in enumerate(tls):
+        x = tl.audio
         run = run_stream(spec, engines, x, policy_cfg)
-        n = min(len(a), len(run.labels["speech"]))
-        truth_a.append(a[:n])
-        truth_s.append(s[:n])
-        pred_s.append(run.labels["speech"][:n] == spec.heads["speech"].index("speech"))
+        orun = run_stream(other[0], other[1], x, policy_cfg) if other else None
+        n = min(len(tl.activity), len(run.labels["speech"]), len(orun.labels["speech"]) if orun else len(x))
+        truth_a.append(tl.activity[:n])
+        truth_s.append(tl.speech[:n])
+        segs.append(tl.segments)
+        pred_s.append(speech_decisions(spec, run, n))
         raw_s.append(run.probs["speech"][:n, spec.heads["speech"].index("speech")] >= 0.5)
+        if orun:
+            other_s.append(speech_decisions(other[0], orun, n))
         if act_classes:
             pred_a.append(np.array([ACTIVITY_CLASSES.index(act_classes[j]) if act_classes[j] in ACTIVITY_CLASSES
                                     else -1 for j in run.labels["activity"][:n]]))
-        if "silero" in compare:
-            sil.append(silero_steps(x, n))
+        for name in peers:
+            peer_s[name].append(peer_steps(name, x, n))
         if first is None:
-            first = (x, a[:n], s[:n], run)
+            first = (x, tl.activity[:n], tl.speech[:n], run)
         log.info("timeline %d/%d done", i + 1, timelines)
         if progress:
             progress("timelines", i + 1, timelines)
@@ -157,9 +211,22 @@ def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[st
                     f"{SPEECH_SHARE:.0%} of segments speech",
                     "steps": int(len(ts)),
                     "speech_f1": binary_f1(ts, np.concatenate(pred_s)),
+                    "speech_f1_per_timeline": [binary_f1(t, p)["f1"] for t, p in zip(truth_s, pred_s)],
                     "speech_f1_raw_argmax": binary_f1(ts, np.concatenate(raw_s))}
-    if sil:
-        report["silero_vad_f1"] = binary_f1(ts, np.concatenate(sil))
+    errors = {"model": speech_errors(truth_s, truth_a, segs, pred_s)}
+    if peers:
+        report["peers"] = {}
+    for name, decisions in peer_s.items():
+        report["peers"][name] = {"speech_f1": binary_f1(ts, np.concatenate(decisions)),
+                                 "speech_f1_per_timeline": [binary_f1(t, p)["f1"]
+                                                            for t, p in zip(truth_s, decisions)]}
+        errors[name] = speech_errors(truth_s, truth_a, segs, decisions)
+    if "silero" in peer_s:  # the name the reports before the other peers used
+        report["silero_vad_f1"] = report["peers"]["silero"]["speech_f1"]
+    report["speech_errors"] = errors
+    if other:
+        report["against"] = _against(spec.tag, other[0].tag, truth_s, pred_s, other_s)
+        other[1].close()
     if pred_a:
         pa = np.concatenate(pred_a)
         keep = pa >= 0

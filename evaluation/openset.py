@@ -88,7 +88,7 @@ def open_set(spec: ModelSpec, engines, data_root: Path, policy_cfg: PolicyConfig
 
 def _soundtrack(path: Path, msgs: list[dict]) -> dict:
     """What the audio heads say on a soundtrack outside their classes, beside silero-vad on the same audio."""
-    from actstream.evaluation.eval import silero_steps
+    from actstream.evaluation.peers import silero_steps
     from actstream.stream.sources import load_audio
 
     act, sp = [m for m in msgs if m.get("head") == "activity"], [m for m in msgs if m.get("head") == "speech"]

@@ -115,14 +115,45 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
     return (x / (np.std(x) + 1e-12) * level).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class Segment:
+    """One clip placed on a mixed timeline. start/end: the steps it owns by the speech truth's rule (it covers
+    at least half of the step's last `hold // 2` samples), end exclusive; level_dbfs: the peak level it was mixed
+    at, before the sum was clipped."""
+
+    start: int
+    end: int
+    activity: str
+    speech: bool
+    level_dbfs: float
+
+
+@dataclass
+class Timeline:
+    """A mixed timeline: samples, the truth per step (activity class index, speech 0/1) and its segments."""
+
+    audio: np.ndarray
+    activity: np.ndarray
+    speech: np.ndarray
+    segments: list[Segment]
+
+
 def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
                   step: int = 1600, hold: int = 2400, speech_share: float = 0.4,
                   speech_gain_db: tuple[float, float] = (-30.0, -1.0)):
-    """One stream-like timeline of about `seconds`: returns (samples, activity per step, speech per step).
+    """(samples, activity per step, speech per step) of mix_timeline, for callers that need no segments."""
+    t = mix_timeline(clips, seconds, rng, rate, step, hold, speech_share, speech_gain_db)
+    return t.audio, t.activity, t.speech
+
+
+def mix_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
+                 step: int = 1600, hold: int = 2400, speech_share: float = 0.4,
+                 speech_gain_db: tuple[float, float] = (-30.0, -1.0)) -> Timeline:
+    """One stream-like timeline of about `seconds`, with its truth per step and the clips it placed.
 
     Each segment is speech with probability `speech_share`, else an event of a class drawn uniformly (so rare
     classes are not drowned by the many speech clips), at a peak level drawn from -30..-1 dBFS (speech: from
-    `speech_gain_db`; training teaches quieter speech than it is judged on).
+    `speech_gain_db`; training teaches quieter speech than it is judged on). Segments never overlap.
     Step k's truth is the class active in the last `hold`
     samples before k * step (quiet when none), so short events still own the steps that first see them.
     """
@@ -134,6 +165,7 @@ def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, r
     x = background(n, rng)
     act = np.full(n, ACTIVITY_CLASSES.index(QUIET), np.int16)
     sp = np.zeros(n, np.int8)
+    placed = []
     pos = int(rng.uniform(0.0, 1.5) * rate)
     while pos < n:
         if SPEAKING in by_class and (not event_classes or rng.random() < speech_share):
@@ -147,10 +179,12 @@ def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, r
             a = a[cut:]
         a = a[: n - pos]
         peak = np.max(np.abs(a)) + 1e-9
-        gain = 10 ** (rng.uniform(*(speech_gain_db if c.speech else (-30.0, -1.0))) / 20) / peak
+        level = rng.uniform(*(speech_gain_db if c.speech else (-30.0, -1.0)))
+        gain = 10 ** (level / 20) / peak
         x[pos:pos + len(a)] += a * gain
         act[pos:pos + len(a)] = ACTIVITY_CLASSES.index(c.activity)
         sp[pos:pos + len(a)] = int(c.speech)
+        placed.append((pos, pos + len(a), c, float(level)))
         pos += len(a) + int(rng.choice([rng.uniform(0.0, 0.4), rng.uniform(0.3, 3.0)]) * rate)
     np.clip(x, -1.0, 1.0, out=x)
     steps = n // step
@@ -163,4 +197,10 @@ def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, r
         nz = seg[seg != quiet]
         act_s[i] = np.bincount(nz).argmax() if len(nz) else quiet
         sp_s[i] = int(sp[max(0, e - hold // 2):e].mean() >= 0.5)
-    return x, act_s, sp_s
+    segments = []
+    for a, b, c, level in placed:
+        cover = np.minimum(ends, b) - np.maximum(ends - hold // 2, a)
+        owned = np.flatnonzero(cover * 2 >= hold // 2)
+        if len(owned):  # a clip cut to a few samples at the very end may own no step
+            segments.append(Segment(int(owned[0]), int(owned[-1]) + 1, c.activity, c.speech, level))
+    return Timeline(x, act_s, sp_s, segments)

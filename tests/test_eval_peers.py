@@ -1,0 +1,120 @@
+"""Issue 20: eval's peer VADs on real speech, the --compare and --against edges, the speech error analysis on a
+hand-built truth, and the regression check of one model against another on the same timelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actstream.common.errors import ConfigError
+from actstream.evaluation.errors import largest_source_line, speech_errors
+from actstream.evaluation.peers import PEERS, check_peers, parse_peers, peer_steps
+from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, Segment, mix_timeline
+from tests.conftest import SHARED, need_shared, run_cli, tone_and_noise
+
+UTTERANCE = ("audio", "librispeech_test_other", "speech", "2033-164914-0004.wav")  # test split; 4.3 s
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_each_peer_hears_a_real_utterance_and_not_the_silence_after_it(name):
+    from actstream.stream.sources import load_audio
+
+    try:
+        check_peers([name])
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    clip = load_audio(need_shared(*UTTERANCE), 16000)
+    frames = clip[:len(clip) // 320 * 320].reshape(-1, 320)
+    level = 20 * np.log10(np.sqrt((frames ** 2).mean(axis=1)) + 1e-9)
+    onset = 1.0 + np.flatnonzero(level > level.max() - 20)[0] * 0.02  # first 20 ms within 20 dB of the loudest
+    end = 1.0 + len(clip) / 16000
+    x = np.concatenate([np.zeros(16000, np.float32), clip, np.zeros(48000, np.float32)])
+    said = peer_steps(name, x, len(x) // 1600)
+    speech = np.flatnonzero(said)
+    assert abs(speech[0] * 0.1 - onset) <= 0.5, (name, speech[0] * 0.1, onset)
+    assert said[int(onset * 10) + 5:int(end * 10)].mean() >= 0.5  # speech while the utterance lasts
+    assert not said[int(np.ceil((end + 1.0) * 10)):].any(), (name, speech[-1] * 0.1, end)
+
+
+def test_compare_names_peers_with_commas_or_repeated_and_refuses_the_unknown():
+    assert parse_peers(["silero,ten", "webrtc", "silero"]) == ["silero", "ten", "webrtc"]
+    with pytest.raises(ConfigError, match="'vosk' unknown: expected one or more of silero, ten, webrtc"):
+        parse_peers(["silero,vosk"])
+
+
+def test_eval_refuses_an_unknown_peer_in_one_line(tmp_path):
+    r = run_cli("eval", "default", str(tmp_path), "--compare", "silero,vosk", "--out", str(tmp_path / "e"))
+    assert r.returncode == 2
+    assert r.stderr == ("actstream: error: --compare 'vosk' unknown: expected one or more of silero, ten, webrtc "
+                        "(comma-separated)\n")
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_names_the_package_of_a_peer_that_is_not_installed(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from actstream.cli import main
+
+    monkeypatch.setitem(sys.modules, "ten_vad", None)  # the package hidden: its import fails as when absent
+    assert main(["eval", "default", str(tmp_path), "--compare", "ten", "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == ("actstream: error: --compare ten needs the ten-vad package, which is not "
+                                       "installed: pip install ten-vad (or pip install 'actstream[eval]')\n")
+
+
+def _idx(name: str) -> int:
+    return ACTIVITY_CLASSES.index(name)
+
+
+def test_speech_errors_on_a_hand_built_truth():
+    # 30 steps: speech 2-8 (mixed at -20 dBFS) and 12-18 (-5 dBFS), laughter 22-25, quiet elsewhere.
+    n = 30
+    speech, act = np.zeros(n, int), np.full(n, _idx(QUIET))
+    speech[2:9] = speech[12:19] = 1
+    act[2:9] = act[12:19] = _idx(SPEAKING)
+    act[22:26] = _idx("laughter")
+    segs = [Segment(2, 9, SPEAKING, True, -20.0), Segment(12, 19, SPEAKING, True, -5.0),
+            Segment(22, 26, "laughter", False, -10.0)]
+    pred = np.zeros(n, int)
+    pred[5:9] = 1  # the first segment's first 300 ms missed
+    pred[12:19] = 1
+    pred[22:26] = 1  # the laughter called speech
+    e = speech_errors([speech], [act], [segs], [pred])
+    assert e["onsets"] == {"segments": 2, "missed": 1, "missed_share": 0.5}
+    assert e["quiet_speech"]["level_dbfs_edges"] == [-15.0, -10.0]
+    assert e["quiet_speech"]["recall_by_tercile"] == {"quiet": {"steps": 7, "recall": 0.5714},
+                                                      "middle": {"steps": 0, "recall": None},
+                                                      "loud": {"steps": 7, "recall": 1.0}}
+    # steps 17-30 lie within 500 ms of the laughter: of the speech, 17 and 18
+    assert e["near_events"] == {"near": {"steps": 2, "recall": 1.0}, "elsewhere": {"steps": 12, "recall": 0.75}}
+    assert e["false_speech_per_event"]["laughter"] == {"steps": 4, "called_speech": 1.0}
+    assert e["false_speech_per_event"]["cough"] == {"steps": 0, "called_speech": None}
+    assert e["sources"]["wrong_steps"] == 7
+    assert e["sources"]["steps"] == {"missed_onset": 3, "missed_near_event": 0, "missed_quiet": 0,
+                                     "missed_other": 0, "false_tail": 0, "false_voice_like": 4,
+                                     "false_other_event": 0, "false_background": 0}
+    assert largest_source_line(e) == ("largest error source: laughter, cough or throat-clearing taken for speech: "
+                                      "4 of 7 wrong steps (57%)")
+
+
+def test_mixed_segments_own_exactly_the_speech_truths_steps():
+    rng = np.random.default_rng(3)
+    voice = tone_and_noise(1.5, 16000)[:, 0]
+    clips = [Clip(voice, SPEAKING, True, "s", "s.wav"), Clip(voice[::-1].copy(), "knock", False, "e", "e.wav")]
+    tl = mix_timeline(clips, 30.0, rng, speech_share=0.5)
+    owned = np.zeros(len(tl.speech), int)
+    for s in tl.segments:
+        if s.speech:
+            owned[s.start:s.end] = 1
+    assert owned.tolist() == tl.speech.tolist()
+    assert all(-30.0 <= s.level_dbfs <= -1.0 for s in tl.segments)
+
+
+def test_a_model_against_itself_differs_by_exactly_nothing():
+    from actstream.evaluation.eval import compare_models
+
+    need_shared("manifests", "dcase2016_task2.csv")
+    r = compare_models("default", "default", SHARED, timelines=1, seconds=8.0)
+    assert r["timelines"] == 1
+    assert r["difference_per_timeline"] == [0.0]
+    assert r["speech_f1_per_timeline"] == r["other_speech_f1_per_timeline"]
+    assert r["difference"] == 0.0 and r["worse_on"] == 0
