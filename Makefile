@@ -6,8 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # PortAudio for sounddevice, libGL/GLib for OpenCV, espeak-ng to synthesize the demo's speech;
-# PulseAudio (user-mode null sink) + ALSA's pulse plugin: the live microphone tests record through them
-SYSTEM_PACKAGES := libportaudio2 libgl1 libglib2.0-0 espeak-ng pulseaudio pulseaudio-utils libasound2-plugins
+# PulseAudio (user-mode null sink) + ALSA's pulse plugin: the live microphone tests record through them;
+# LLVM's libc++ for TEN VAD's native library (`actstream eval --compare ten`)
+SYSTEM_PACKAGES := libportaudio2 libgl1 libglib2.0-0 espeak-ng pulseaudio pulseaudio-utils libasound2-plugins libc++1
 DEMO_ARGS ?=
 TEST_ARGS ?=
 

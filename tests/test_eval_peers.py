@@ -19,10 +19,7 @@ UTTERANCE = ("audio", "librispeech_test_other", "speech", "2033-164914-0004.wav"
 def test_each_peer_hears_a_real_utterance_and_not_the_silence_after_it(name):
     from actstream.stream.sources import load_audio
 
-    try:
-        check_peers([name])
-    except ConfigError as exc:
-        pytest.skip(str(exc))
+    check_peers([name])  # `make test` installs every peer (TEN VAD's libc++ too): a missing one fails here
     clip = load_audio(need_shared(*UTTERANCE), 16000)
     frames = clip[:len(clip) // 320 * 320].reshape(-1, 320)
     level = 20 * np.log10(np.sqrt((frames ** 2).mean(axis=1)) + 1e-9)

