@@ -191,10 +191,12 @@ class Scheduler:
     def _admit(self) -> None:
         """Streams that joined start at this tick; streams removed publish their end and leave."""
         with self._lock:
-            joining, self._joining = self._joining, []
+            joining = list(self._joining)  # they stay listed (streams(), a shard's poll) until they are active
             leaving, self._leaving = self._leaving, {}
         for stream in joining:
             if stream.phase == "failed":
+                with self._lock:
+                    self._joining.remove(stream)
                 self._finish(stream, "error")
                 continue
             stream.start_tick = self.tick
@@ -204,7 +206,9 @@ class Scheduler:
             if self._pool is not None and stream.id is None:  # one recording's frames resized beside its reader
                 stream.state.prepare.use_pool(self._pool)
             stream.start_reading(self.step_ms, self.batch_steps, self.max_steps, depth=self.prefetch)
-            self._active.append(stream)
+            with self._lock:  # from joining to active at once: never missing from the list in between (a
+                self._joining.remove(stream)  # supervisor that polled then took a running stream for lost)
+                self._active.append(stream)
         for sid, why in leaving.items():
             stream = next((s for s in self._active if s.id == sid), None)
             if stream is not None:
