@@ -584,8 +584,20 @@ def cmd_calibrate(args) -> int:
     from actstream.calibration.gate import Margin
 
     cfg = _apply_common(load_config(args.config), args)
-    margin = Margin(args.min_label_agreement, args.min_cosine, args.max_metric_drop)
-    record = calibrate(cfg.model.path, args.data, args.out, margin, cfg.model.threads, policy_cfg=cfg.policy)
+    margin = Margin(**{k: getattr(args, k) for k in ("min_label_agreement", "min_cosine", "max_metric_drop")
+                       if getattr(args, k) is not None})
+    data, held, encoders = args.data, args.held_out, args.encoders
+    if len(data) == 1 and Path(data[0], "manifests").is_dir():  # the shared data folder: its training splits
+        from actstream.training.train import video_calibration_sets
+
+        if encoders not in (None, ["video"]) or held:
+            raise ConfigError(f"{shown_path(data[0])} is the shared data folder: from it calibrate calibrates the "
+                              f"video encoder (its training splits, gated on the action validation split); for "
+                              f"--encoders audio or --held-out pass recordings and their truth files instead")
+        calib, held = video_calibration_sets(Path(data[0]))
+        data, encoders = [str(p) for p in calib], ["video"]
+    record = calibrate(cfg.model.path, data, args.out, margin, cfg.model.threads, policy_cfg=cfg.policy,
+                       encoders=encoders, held_out=held, max_files=args.max_files)
     for name, e in record["encoders"].items():
         sp = e["speed"]
         print(f"{name} encoder INT8: {'passed' if e['passed'] else 'REFUSED as default'} ({e['reason']}); "
@@ -675,7 +687,7 @@ def _replay_progress(duration: float | None) -> tuple:
 
 
 def cmd_train(args) -> int:
-    if args.recipe == "default":
+    if args.recipe in ("default", "default-audio"):
         from actstream.training.train import train_default
 
         from actstream.views.outputs import check_output_folder
@@ -683,9 +695,15 @@ def cmd_train(args) -> int:
         if not Path(args.data, "manifests").is_dir():
             raise ConfigError(f"{shown_path(args.data)}: has no manifests/ folder: --recipe default trains from the "
                               f"shared data folder (../shared/data)")
+        if args.recipe == "default-audio" and args.out is None:
+            raise ConfigError("--out is required with --recipe default-audio: the folder to write the twin to")
         check_output_folder("--out", args.out or "engines/weights/default")
+        if args.int8_video is not None and not Path(args.int8_video).is_file():
+            raise ConfigError(f"--int8-video {shown_path(args.int8_video)}: not found: pass the "
+                              f"video_encoder.int8.onnx that `actstream calibrate` wrote")
         card = train_default(Path(args.out or "engines/weights/default"), data_root=Path(args.data), seed=args.seed,
-                             quick=args.quick, progress=_progress())
+                             quick=args.quick, progress=_progress(), int8_video=args.int8_video,
+                             audio_only=args.recipe == "default-audio")
     else:
         from actstream.training.teach import train_folder
 
@@ -725,7 +743,8 @@ def cmd_eval(args) -> int:
 
         check_output_folder("--out", args.out)
         report = evaluate_video(spec, Path(args.data), Path(args.out), backend=args.backend or
-                                cfg.model.backend, progress=_progress())
+                                cfg.model.backend, progress=_progress(),
+                                precision=args.precision or cfg.model.precision)
         print(json.dumps(report, indent=2))
         return 0
     report = evaluate_shared(args.model, Path(args.data), Path(args.out), peers, args.timelines,
@@ -735,7 +754,8 @@ def cmd_eval(args) -> int:
         from actstream.evaluation.video import evaluate_video
 
         report["video"] = evaluate_video(spec, Path(args.data), Path(args.out) / "video",
-                                         backend=args.backend or cfg.model.backend, progress=_progress())
+                                         backend=args.backend or cfg.model.backend, progress=_progress(),
+                                         precision=args.precision or cfg.model.precision)
         (Path(args.out) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     for who, errors in report["speech_errors"].items():
@@ -943,6 +963,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--timelines", type=int, default=8)
     ev.add_argument("--seconds", type=float, default=60.0, help="length of each timeline")
     ev.add_argument("--backend")
+    ev.add_argument("--precision", choices=["auto", "fp32", "int8"],
+                    help="the video encoder's precision (config model.precision); where it runs INT8, FP32 is "
+                         "judged beside it")
     ev.add_argument("--config")
     ev.set_defaults(fn=cmd_eval)
 
@@ -957,17 +980,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("calibrate", help="make INT8 encoders from recordings and gate them against FP32")
     ca.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                    help="recordings or folders of them; every 4th file is held out for the accuracy gate")
+                    help="recordings or folders of them (every 4th file is held out for the accuracy gate unless "
+                         "--held-out is given), or the shared data folder (the default model's video encoder: "
+                         "the training splits calibrate, the action validation split gates)")
+    ca.add_argument("--held-out", nargs="+", dest="held_out", metavar="PATH",
+                    help="recordings the gate replays (each with its STEM.truth.csv beside it, if any)")
+    ca.add_argument("--encoders", nargs="+", choices=["audio", "video"],
+                    help="the encoders to calibrate (default: all of the model's; others keep their record)")
+    ca.add_argument("--max-files", type=int, default=200, dest="max_files",
+                    help="recordings used at most, sampled evenly (default 200)")
     ca.add_argument("--model", help="model name or folder (config model.path)")
     ca.add_argument("--out", help="write into this folder (a copy of the model) instead of the model folder")
     ca.add_argument("--threads", type=int, help="intra-op threads (config model.threads)")
     ca.add_argument("--config")
-    ca.add_argument("--min-label-agreement", type=float, default=0.99, dest="min_label_agreement",
-                    help="gate: fraction of steps whose label must equal FP32's, per head (default 0.99)")
-    ca.add_argument("--min-cosine", type=float, default=0.98, dest="min_cosine",
+    ca.add_argument("--min-label-agreement", type=float, dest="min_label_agreement",
+                    help="gate: fraction of steps whose label must equal FP32's, per head (default 0.97)")
+    ca.add_argument("--min-cosine", type=float, dest="min_cosine",
                     help="gate: mean INT8-vs-FP32 embedding cosine similarity (default 0.98)")
-    ca.add_argument("--max-metric-drop", type=float, default=0.01, dest="max_metric_drop",
-                    help="gate: accuracy against truth files INT8 may lose, absolute (default 0.01)")
+    ca.add_argument("--max-metric-drop", type=float, dest="max_metric_drop",
+                    help="gate: accuracy against the truth INT8 may lose per head, absolute (default 0.005: half "
+                         "a point)")
     ca.set_defaults(fn=cmd_calibrate)
 
     bu = sub.add_parser("build", help="build the TensorRT engines of a model ahead of time (NVIDIA GPU)")
@@ -1007,8 +1039,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=30)
     tr.add_argument("--lookahead", type=int, default=10, help="bilstm: steps of look-ahead it is served with")
     tr.add_argument("--base", default="default", help="model whose audio CNN is reused (frozen)")
-    tr.add_argument("--recipe", choices=["folder", "default"], default="folder",
-                    help="default: the shipped speech + activity model from ../shared/data's training splits")
+    tr.add_argument("--recipe", choices=["folder", "default", "default-audio"], default="folder",
+                    help="default: the shipped model from ../shared/data's training splits; default-audio: its "
+                         "recipe without video (the twin `eval --against` compares the default's hearing with)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--mirror", choices=["auto", "on", "off"], default="auto",
                     help="teach mirrored copies of video recordings too (auto: unless two classes move "
@@ -1017,6 +1050,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the step the model is taught at, in ms (a multiple of 10 from 10 to 2000; recorded in "
                          "model.json, and replay and live then step at it)")
     tr.add_argument("--quick", action="store_true", help="--recipe default: a small run to check the pipeline")
+    tr.add_argument("--int8-video", dest="int8_video", metavar="ONNX",
+                    help="--recipe default: also teach the action head on this INT8 video encoder's embeddings "
+                         "(calibrate's video_encoder.int8.onnx), so the model is at home in either precision")
     tr.set_defaults(fn=cmd_train)
 
     rc = sub.add_parser("record", help="record webcam + microphone into DATASET/LABEL/ to teach a new activity")

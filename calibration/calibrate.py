@@ -19,7 +19,7 @@ import numpy as np
 from actstream.engines.bundle import Engines, load_spec
 from actstream.engines.cache import file_digest, video_encoder_onnx
 from actstream.engines.onnxrt import OnnxRuntimeEngine
-from actstream.engines.precision import GATE_FILE
+from actstream.engines.precision import GATE_FILE, read_gate
 from actstream.stream.policy import LabelPolicy
 from actstream.stream.recognizer import CausalRecognizer
 from actstream.common.errors import SourceError
@@ -46,14 +46,16 @@ def _embed(engine: OnnxRuntimeEngine, encoder: str, x: np.ndarray, batch: int = 
                            for i in range(0, len(x), batch)])
 
 
-def _labels(spec, temporal, embs: dict[str, np.ndarray], ts: list[float], policy_cfg) -> dict[str, list[str]]:
-    """The labels the step loop would show for these embeddings (LSTM state and policy carried through)."""
+def _labels(spec, temporal, embs: dict[str, np.ndarray], ts: list[float], policy_cfg,
+            heads: list[str]) -> dict[str, list[str | None]]:
+    """The labels the step loop would show for these embeddings (LSTM state and policy carried through; a
+    stream whose embeddings are not given is missing, as in a replay of a file without it), for `heads`."""
     rec = CausalRecognizer(spec, Engines({}, temporal))
     policy = LabelPolicy(rec, policy_cfg)
-    out: dict[str, list[str]] = {h: [] for h in spec.heads}
+    out: dict[str, list[str | None]] = {h: [] for h in heads}
     for _, labels in policy.label(rec.advance_embeddings(embs, ts)):
-        for h in spec.heads:
-            out[h].append(labels[h].label)
+        for h in heads:
+            out[h].append(labels[h].label if h in labels else None)
     return out
 
 
@@ -69,10 +71,12 @@ def _truth(path: Path) -> list[tuple[float, float, str]] | None:
     return spans
 
 
-def _accuracy(labels: dict[str, list[str]], ts: list[float], spans, heads: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
+def _accuracy(labels: dict[str, list], ts: list[float], spans, heads: dict[str, list[str]]) -> dict[str, tuple[int, int]]:
     """Per head: (steps whose label equals the truth, steps whose truth is one of the head's classes)."""
     out = {}
     for h, classes in heads.items():
+        if h not in labels:
+            continue
         hit = n = 0
         for t, lab in zip(ts, labels[h]):
             truth = next((k for a, b, k in spans if a <= t < b), None)
@@ -84,7 +88,7 @@ def _accuracy(labels: dict[str, list[str]], ts: list[float], spans, heads: dict[
     return out
 
 
-def _speed(fp32: OnnxRuntimeEngine, int8: OnnxRuntimeEngine, name: str, x: np.ndarray, seconds: float) -> dict:
+def encoder_speed(fp32: OnnxRuntimeEngine, int8: OnnxRuntimeEngine, name: str, x: np.ndarray, seconds: float) -> dict:
     """ms per item for FP32 and INT8 at batch 1 (live) and batch 32 (batched replay): the median of runs
     alternating between the two, so load from other processes falls on both alike. A timing, not a test."""
     out = {}
@@ -105,14 +109,44 @@ def _speed(fp32: OnnxRuntimeEngine, int8: OnnxRuntimeEngine, name: str, x: np.nd
     return out
 
 
-def calibrate(model: str, data: list[str], out: str | None = None, margin: Margin = Margin(), threads: int = 0,
-              max_calib: int = 256, max_held_steps: int = 600, timing_s: float = 1.0, policy_cfg=None,
-              max_files: int = 48) -> dict:
-    """Calibrate every encoder of `model` on recordings under `data`; returns the record written to int8.json.
+def _choose(files: list[Path], max_files: int) -> list[Path]:
+    """At most max_files of files, sampled evenly from the sorted list."""
+    return files[::-(-len(files) // max_files)] if len(files) > max_files else files
 
-    max_calib: encoder inputs to calibrate on (spread over the calibration files); max_held_steps: steps
-    replayed per recording (the first minute at 100 ms steps); max_files: recordings used at most, sampled
-    evenly from the sorted list."""
+
+def _calibration_inputs(files: list[Path], spec, encoder: str, max_calib: int) -> np.ndarray:
+    """About max_calib inputs of `encoder`, the same number from each recording, spread evenly over each
+    (recordings without that stream are skipped, with a note)."""
+    per = max(1, max_calib // len(files))
+    out = []
+    for f in files:
+        try:
+            x = _inputs(replay_inputs(f, spec, modalities=(encoder,)), encoder)
+        except SourceError as e:
+            log.info("not calibrating the %s encoder on %s", encoder, e)
+            continue
+        out.append(x[np.linspace(0, len(x) - 1, min(per, len(x))).astype(int)])
+    if not out:
+        raise SourceError(f"no recordings with {encoder} among the {len(files)} calibration recordings: pass some "
+                          f"to --data")
+    return np.concatenate(out)
+
+
+def calibrate(model: str, data: list[str], out: str | None = None, margin: Margin = Margin(), threads: int = 0,
+              max_calib: int = 512, max_held_steps: int = 600, timing_s: float = 1.0, policy_cfg=None,
+              max_files: int = 48, encoders: list[str] | None = None,
+              held_out: list[tuple[Path, list] | Path] | None = None) -> dict:
+    """Calibrate the encoders of `model` (`encoders`, default all) on recordings under `data`; returns the
+    record written to int8.json (an earlier record's other encoders are kept).
+
+    Each encoder is calibrated on the recordings that have its stream (a hybrid's video encoder on videos
+    without sound too) and gated on held-out recordings: `held_out` (paths, or (path, truth spans
+    [(start_s, end_s, label)])), else every fourth recording. The gate compares, for the heads the encoder
+    feeds, the labels the step loop shows with the INT8 encoder and with FP32, and their accuracy against the
+    truth where there is one (`<stem>.truth.csv` beside a recording, or the spans given). max_calib: encoder
+    inputs to calibrate on, spread evenly over the calibration recordings; max_held_steps: steps replayed per
+    held-out recording (the first minute at 100 ms steps); max_files: recordings used at most, sampled evenly
+    from the sorted list."""
     from actstream.stream.config import PolicyConfig
 
     policy_cfg = policy_cfg or PolicyConfig()
@@ -121,68 +155,95 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
     if folder.resolve() != spec.folder.resolve():
         shutil.copytree(spec.folder, folder, dirs_exist_ok=True)
         spec = load_spec(str(folder))
-    files = media_files(data, need_video="video" in spec.modalities)
+    encoders = list(encoders or spec.modalities)
+    for m in encoders:
+        if m not in spec.modalities:
+            raise SourceError(f"model {spec.name} has no {m} encoder: it has {', '.join(spec.modalities)}")
+    files = media_files(data, need_video=encoders == ["video"])
     if not files:
-        raise SourceError(f"no recordings with {' and '.join(spec.modalities)} under {', '.join(data)}: "
+        raise SourceError(f"no recordings with {' or '.join(encoders)} under {', '.join(data)}: "
                           f"pass media files or folders to --data")
-    if len(files) > max_files:  # a large dataset folder: an even sample of it is representative enough
-        files = files[::-(-len(files) // max_files)]
-    calib_files, held_files = split(files)
-    log.info("calibrating %s on %d recordings, gating on %d held out", spec.name, len(calib_files), len(held_files))
-    same = calib_files == held_files  # a single recording: its first half calibrates, its second half gates
-    calib_recs, held_recs = [], []
-    steps_per_file = max(1, max_calib // len(calib_files))
-    for f in calib_files:
-        rec = replay_inputs(f, spec, max_steps=max_held_steps)
-        n = len(rec.ts) // 2 if same else len(rec.ts)
-        stride = max(1, n // steps_per_file)
-        calib_recs.append({m: _inputs(rec, m)[:n:stride] for m in spec.modalities})
-        if same:
-            held_recs.append(rec.tail(n))
-    if not same:
-        held_recs = [replay_inputs(f, spec, max_steps=max_held_steps) for f in held_files]
+    files = _choose(files, max_files)
+    if held_out is None:
+        calib_files, held_paths = split(files)
+        held = [(p, _truth(p)) for p in held_paths]
+    else:
+        calib_files = files
+        held = [(p, None) if isinstance(p, (str, Path)) else (p[0], p[1]) for p in held_out]
+        held = [(Path(p), spans if spans is not None else _truth(Path(p))) for p, spans in held]
+    same = held_out is None and calib_files == [p for p, _ in held]  # one recording: its first half calibrates
+    log.info("calibrating %s (%s) on %d recordings, gating on %d held out", spec.name, ", ".join(encoders),
+             len(calib_files), len(held))
     temporal = OnnxRuntimeEngine(spec.folder / "temporal.onnx", threads, name="temporal")
-    fp32_engines = {m: OnnxRuntimeEngine(_fp32_path(spec, m), threads, name=f"{m}_encoder") for m in spec.modalities}
-    fp32_embs = [{**{m: _embed(fp32_engines[m], m, _inputs(r, m)) for m in spec.modalities},
-                  **({"flow": r.flow} if r.flow is not None else {})} for r in held_recs]
-    fp32_labels = [_labels(spec, temporal, e, r.ts, policy_cfg) for e, r in zip(fp32_embs, held_recs)]
-    record = {"format": 1, "model": spec.tag, "folder": str(folder), "margin": margin.to_dict(), "calibration_files": [str(f) for f in calib_files],
-              "held_out_files": [str(f) for f in held_files], "held_out_steps": sum(len(r.ts) for r in held_recs),
-              "threads": threads or os.cpu_count(), "encoders": {}}
-    for m in spec.modalities:
-        fp32 = _fp32_path(spec, m)
-        int8_path = folder / f"{m}_encoder.int8.onnx"
-        ranges = folder / f"{m}_encoder.ranges.json"
-        x = np.concatenate([c[m] for c in calib_recs])
-        t0 = time.perf_counter()
-        quantize_encoder(fp32, int8_path, INPUT[m], x, ranges)
-        tensorrt_calibration_cache(ranges, folder / f"{m}_encoder.trt.cache")
-        log.info("quantized the %s encoder on %d inputs in %.1f s", m, len(x), time.perf_counter() - t0)
-        int8 = OnnxRuntimeEngine(int8_path, threads, name=f"{m}_encoder_int8")
-        cos, agree, hits = [], {h: [] for h in spec.heads}, {}
-        for r, e32, lab32 in zip(held_recs, fp32_embs, fp32_labels):
-            e8 = _embed(int8, m, _inputs(r, m))
-            cos.append(cosine(e32[m], e8))
-            lab8 = _labels(spec, temporal, {**e32, m: e8}, r.ts, policy_cfg)
-            for h in spec.heads:
-                agree[h] += [a == b for a, b in zip(lab32[h], lab8[h])]
-            spans = _truth(r.path)
+    previous = read_gate(folder) if (folder / GATE_FILE).exists() else {}
+    record = {"format": 1, "model": spec.tag, "folder": str(folder), "margin": margin.to_dict(),
+              "calibration_files": [str(f) for f in calib_files], "held_out_files": [str(p) for p, _ in held],
+              "threads": threads or os.cpu_count(),
+              "encoders": {m: e for m, e in previous.get("encoders", {}).items() if m not in encoders}}
+    for m in encoders:
+        record["encoders"][m] = _calibrate_encoder(spec, folder, m, calib_files, held, same, temporal, margin,
+                                                   threads, max_calib, max_held_steps, timing_s, policy_cfg)
+    (folder / GATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held: list[tuple[Path, list | None]],
+                       same: bool, temporal, margin: Margin, threads: int, max_calib: int, max_held_steps: int,
+                       timing_s: float, policy_cfg) -> dict:
+    """Quantize encoder m, gate it on the held-out recordings, time it; returns its int8.json entry."""
+    heads = [h for h in spec.heads if m in spec.inputs_of(h)]
+    held_recs = []
+    for p, spans in held:
+        try:
+            rec = replay_inputs(p, spec, max_steps=max_held_steps, modalities=(m,))
+        except SourceError as e:
+            log.info("not gating the %s encoder on %s", m, e)
+            continue
+        held_recs.append((rec.tail(len(rec.ts) // 2) if same else rec, spans))
+    if not held_recs:
+        raise SourceError(f"no held-out recording has {m}: pass some with it (--held-out, or more under --data)")
+    if same:  # a single recording: its first half calibrates, its second half gates
+        x = _inputs(replay_inputs(calib_files[0], spec, max_steps=max_held_steps, modalities=(m,)), m)
+        x = x[:len(x) // 2][np.linspace(0, len(x) // 2 - 1, min(max_calib, len(x) // 2)).astype(int)]
+    else:
+        x = _calibration_inputs(calib_files, spec, m, max_calib)
+    fp32_path = _fp32_path(spec, m)
+    fp32 = OnnxRuntimeEngine(fp32_path, threads, name=f"{m}_encoder")
+    int8_path = folder / f"{m}_encoder.int8.onnx"
+    ranges = folder / f"{m}_encoder.ranges.json"
+    t0 = time.perf_counter()
+    quantize_encoder(fp32_path, int8_path, INPUT[m], x, ranges)
+    tensorrt_calibration_cache(ranges, folder / f"{m}_encoder.trt.cache")
+    log.info("quantized the %s encoder on %d inputs in %.1f s", m, len(x), time.perf_counter() - t0)
+    int8 = OnnxRuntimeEngine(int8_path, threads, name=f"{m}_encoder_int8")
+    cos, agree, hits = [], {h: [] for h in heads}, {}
+    try:
+        for r, spans in held_recs:
+            e32 = {m: _embed(fp32, m, _inputs(r, m)), **({"flow": r.flow} if r.flow is not None else {})}
+            e8 = {**e32, m: _embed(int8, m, _inputs(r, m))}
+            cos.append(cosine(e32[m], e8[m]))
+            lab32 = _labels(spec, temporal, e32, r.ts, policy_cfg, heads)
+            lab8 = _labels(spec, temporal, e8, r.ts, policy_cfg, heads)
+            for h in heads:
+                agree[h] += [a == b for a, b in zip(lab32[h], lab8[h]) if a is not None]
             if spans:
                 for tag, labs in (("fp32", lab32), ("int8", lab8)):
-                    for h, (hit, n) in _accuracy(labs, r.ts, spans, spec.heads).items():
+                    for h, (hit, n) in _accuracy(labs, r.ts, spans, {h: spec.heads[h] for h in heads}).items():
                         acc = hits.setdefault(f"{h}_accuracy", {"fp32": [0, 0], "int8": [0, 0]})[tag]
                         acc[0] += hit
                         acc[1] += n
-        cos_all = np.concatenate(cos) if cos else np.ones(1)
+        cos_all = np.concatenate(cos)
         measured = {"cosine_mean": float(cos_all.mean()), "cosine_min": float(cos_all.min()),
                     "label_agreement": {h: float(np.mean(v)) if v else 1.0 for h, v in agree.items()},
-                    "metrics": {k: {t: v[t][0] / v[t][1] for t in v} for k, v in hits.items()}}
+                    "metrics": {k: {t: v[t][0] / v[t][1] for t in v} for k, v in hits.items()},
+                    "held_out_steps": sum(len(r.ts) for r, _ in held_recs),
+                    "truth_steps": {k: v["fp32"][1] for k, v in hits.items()}}
         passed, reason = decide(measured, margin)
-        speed = _speed(fp32_engines[m], int8, INPUT[m], x[:32], timing_s)
-        record["encoders"][m] = {"file": int8_path.name, "source": file_digest(fp32), "passed": passed,
-                                 "reason": reason, **measured, "speed": speed, "calibration_inputs": len(x)}
-        log.info("%s encoder INT8: %s (%s); speed-up x%.2f at batch 1, x%.2f at batch 32", m,
-                 "passed" if passed else "REFUSED", reason, speed["speedup_batch1"], speed["speedup_batch32"])
+        speed = encoder_speed(fp32, int8, INPUT[m], x[:32], timing_s)
+    finally:
         int8.close()
-    (folder / GATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return record
+        fp32.close()
+    log.info("%s encoder INT8: %s (%s); speed-up x%.2f at batch 1, x%.2f at batch 32", m,
+             "passed" if passed else "REFUSED", reason, speed["speedup_batch1"], speed["speedup_batch32"])
+    return {"file": int8_path.name, "source": file_digest(fp32_path), "passed": passed, "reason": reason,
+            **measured, "speed": speed, "calibration_inputs": len(x)}

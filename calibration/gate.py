@@ -14,13 +14,14 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Margin:
-    """min_label_agreement: fraction of steps, per head, whose label must equal FP32's (0.99 = at most one
-    step in a hundred differs); min_cosine: mean INT8-vs-FP32 embedding cosine similarity; max_metric_drop:
-    accuracy against the truth that INT8 may lose, absolute (0.01 = one point)."""
+    """min_label_agreement: fraction of steps, per head, whose label must equal FP32's (0.97 = at most three
+    steps in a hundred differ: FP32's own label flickers at a change of action, and a step either side of it is
+    not an error a user sees); min_cosine: mean INT8-vs-FP32 embedding cosine similarity; max_metric_drop:
+    accuracy against the truth that INT8 may lose per head, absolute (0.005 = half a point: what users see)."""
 
-    min_label_agreement: float = 0.99
+    min_label_agreement: float = 0.97
     min_cosine: float = 0.98
-    max_metric_drop: float = 0.01
+    max_metric_drop: float = 0.005
 
     def to_dict(self) -> dict:
         return asdict(self)

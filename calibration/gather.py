@@ -55,7 +55,7 @@ class Recording:
                                                    for a in (self.mels, self.images, self.flow)))
 
 
-def replay_inputs(path: Path, spec, max_steps: int = 0) -> Recording:
+def replay_inputs(path: Path, spec, max_steps: int = 0, modalities: tuple[str, ...] | None = None) -> Recording:
     """Replay `path` at the model's step through the step path's own source and front end (stream/encode.py's
     Prepare: log-mel windows, frames resized and normalized, the motion stream's grey frames and its flow), and
     keep the encoder inputs of each step (its first max_steps, 0 = all)."""
@@ -64,7 +64,8 @@ def replay_inputs(path: Path, spec, max_steps: int = 0) -> Recording:
     from actstream.stream.sources import FileSource
     from actstream.stream.steps import steps
 
-    use_audio, use_video = "audio" in spec.modalities, "video" in spec.modalities
+    wanted = spec.modalities if modalities is None else modalities
+    use_audio, use_video = "audio" in wanted, "video" in wanted
     audio = spec.audio
     src = FileSource(path, sample_rate=audio.sample_rate if audio else 16000,
                      window_samples=audio.window_samples if audio else 1, use_audio=use_audio, use_video=use_video)
