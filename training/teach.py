@@ -187,10 +187,13 @@ def _embed_snapshots(snaps, spec: ModelSpec, engines) -> dict[str, np.ndarray]:
     return {m: np.stack(v).astype(np.float32) for m, v in out.items() if v}
 
 
-def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) -> dict[str, np.ndarray]:
+def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False,
+                    tag: dict | None = None) -> dict[str, np.ndarray]:
     """Per-step embeddings of one recording through the run-time path (FileSource, front end, engines),
-    cached on disk under the engine cache by the file's hash and everything that shapes them."""
-    key = {"file": file_digest(item.path), "start": item.start, "end": item.end, "flip": flip, **_encoder_key(spec)}
+    cached on disk under the engine cache by the file's hash and everything that shapes them (tag: what else
+    does, such as an INT8 encoder's digest)."""
+    key = {"file": file_digest(item.path), "start": item.start, "end": item.end, "flip": flip, **_encoder_key(spec),
+           **(tag or {})}
 
     def compute():
         src = FileSource(item.path, sample_rate=spec.audio.sample_rate if spec.audio else 16000,
@@ -224,7 +227,7 @@ def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False) ->
     return _cached(key, spec, compute)
 
 
-def frames_embeddings(frames, name: dict, spec: ModelSpec, engines) -> dict[str, np.ndarray]:
+def frames_embeddings(frames, name: dict, spec: ModelSpec, engines, tag: dict | None = None) -> dict[str, np.ndarray]:
     """Per-step embeddings of frames made in memory (training's synthesized clips: one frame per step, at the
     step times), cached like a recording's by `name` (what made the frames) and the encoders."""
     step_s = spec.step_ms / 1000.0
@@ -233,7 +236,7 @@ def frames_embeddings(frames, name: dict, spec: ModelSpec, engines) -> dict[str,
         return _embed_snapshots((Snapshot((i + 1) * step_s, f, None, 0.0, (i + 1) * step_s)
                                  for i, f in enumerate(frames())), spec, engines)
 
-    return _cached({"frames": name, **_encoder_key(spec)}, spec, compute)
+    return _cached({"frames": name, **_encoder_key(spec), **(tag or {})}, spec, compute)
 
 
 def motion_features(spec: ModelSpec, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -16,6 +16,8 @@ import dataclasses
 import datetime
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,10 +139,14 @@ def _train_cnn(tr_w: np.ndarray, tr_a: np.ndarray, tr_s: np.ndarray, spec_a: Aud
 
 
 def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False, progress=None,
-                  audio_cnn_from: Path | None = None) -> dict:
+                  audio_cnn_from: Path | None = None, int8_video: Path | None = None,
+                  audio_only: bool = False) -> dict:
     """Train the shipped `default` model from the training splits under data_root and write it to `out`.
     audio_cnn_from: a default model folder whose audio CNN to keep (stage 2 alone: for development; the
-    shipped model is trained whole)."""
+    shipped model is trained whole). int8_video: an INT8 EfficientNet-Lite0 (`actstream calibrate`'s
+    video_encoder.int8.onnx) whose embeddings the action head learns from beside FP32's. audio_only: the same
+    recipe without the eyes (`default-audio`: the audio heads on an LSTM of their own, audio on every step),
+    the twin `actstream eval --against` checks the hybrid's hearing with."""
     t_start = time.time()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -161,12 +167,15 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
         cnn = _train_cnn(tr_w, tr_a, tr_s, spec_a, rng, quick, progress)
 
     # stage 2: the eyes' recordings, then the fused LSTM on step embeddings of whole timelines
-    video = _action_embeddings(data_root, progress)
     tr_e, va_e = _embed(cnn, tr_w), _embed(cnn, va_w)
+    seq, batch = 100, 16  # 10 s sequences with random cut points; the state starts at zero like a fresh stream
+    if audio_only:
+        return _train_audio_twin(out, spec, cnn, tr_e, va_e, tr_a, tr_s, va_a, va_s, w_act, seq, batch, rng,
+                                 seed, quick, progress, t_start)
+    video = _action_embeddings(data_root, progress, int8_video)
     spec = ModelSpec(name="default", arch="hybrid", heads={**spec.heads, "action": ACTION_CLASSES}, audio=spec_a,
                      video=VideoFeatures(), motion=True, flow=FlowFeatures(), head_inputs=HEAD_INPUTS)
     temporal = spec.new_temporal(MODALITY_DROPOUT)
-    seq, batch = 100, 16  # 10 s sequences with random cut points; the state starts at zero like a fresh stream
     pool = video.pool_of(video.train)  # `sample` draws from this: rebound to every clip for the refit
 
     def sample(rng):
@@ -215,7 +224,7 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     fitted["refit_on_all_epochs"] = fitted["epoch"]
     history = fitted.pop("history")
     best_m = fitted
-    card = {"version": 4, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
+    card = {"version": 5, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
             "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
                     "DCASE2016 task 2 folds 1-4 (audio heads); Weizmann daria/denis/eli/ido, PS7 P1, KTH "
                     "person01/person03 (boxing, hand-clapping, jogging as other), and clips made from them "
@@ -233,12 +242,65 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
                           f"wave as wave1), still (people at rest, from the first half second of each recording), other (KTH's actions, turned "
                           f"recordings, generated motion); mirrored: {video.mirrored}"},
             "validation_metrics": best_m, "train_seconds": round(time.time() - t_start, 1),
-            "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"}
+            "int8": ("the action head learned from the embeddings of FP32 EfficientNet-Lite0 and of its INT8 version "
+                     f"{file_digest(int8_video)} alike" if int8_video is not None else "taught on FP32 embeddings only"),
+            "command": "actstream train ../shared/data --recipe default --out engines/weights/default --seed 0"
+                       + (" --int8-video VIDEO_ENCODER.int8.onnx" if int8_video is not None else "")}
     spec = dataclasses.replace(spec, card=card)
     save_model(spec, out, cnn, temporal)
+    gate = out / "int8.json"
+    if gate.exists():  # its measurements were of the LSTM just replaced
+        gate.unlink()
+        log.warning("removed %s: the INT8 gate measured the previous model: run `actstream calibrate` again", gate)
     (out / "MODEL_CARD.md").write_text(_card_md(spec))
     plot_history(history, out / "training.png", "default: temporal model (stage 2)")
     log.info("wrote %s (%s)", out, best_m)
+    return card
+
+
+def _train_audio_twin(out: Path, spec: ModelSpec, cnn, tr_e, va_e, tr_a, tr_s, va_a, va_s, w_act, seq: int,
+                      batch: int, rng: np.random.Generator, seed: int, quick: bool, progress, t_start: float) -> dict:
+    """Stage 2 of the default's recipe without the eyes: the same audio CNN, timelines, sequence length,
+    epochs rule (chosen on the audio validation, then refit on all) and heads, audio present at every step."""
+    spec = dataclasses.replace(spec, name="default-audio")
+    temporal = spec.new_temporal()
+
+    def sample(rng):
+        i = rng.integers(0, len(tr_e), batch)
+        s = rng.integers(0, tr_e.shape[1] - seq + 1, batch)
+        pick = lambda arr: np.stack([arr[a, b:b + seq] for a, b in zip(i, s)])  # noqa: E731
+        return ({"audio": torch.from_numpy(pick(tr_e))},
+                {"activity": torch.from_numpy(pick(tr_a)), "speech": torch.from_numpy(pick(tr_s))})
+
+    def validate(temporal):
+        with torch.inference_mode():
+            h0, c0 = temporal.zero_state(len(va_e))
+            lg, _, _ = temporal.logits({"audio": torch.from_numpy(va_e)}, h0, c0)
+        m = _metrics(lg["activity"].numpy(), lg["speech"].numpy(), va_a, va_s)
+        return m["speech_f1"] + m["activity_step_accuracy"], m
+
+    epochs = 3 if quick else 50
+    weights = {"activity": w_act, "speech": None}
+    steps_per_epoch = 2 * max(1, tr_e.size // tr_e.shape[-1] // (seq * batch))
+    fitted = fit_temporal(temporal, sample, validate, weights, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                          rng=rng, patience=PATIENCE,
+                          progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
+    temporal = spec.new_temporal()
+    fit_temporal(temporal, sample, None, weights, epochs=fitted["epoch"], steps_per_epoch=steps_per_epoch,
+                 rng=rng, progress=(lambda e, m: progress("refit epochs", e, fitted["epoch"])) if progress else None)
+    fitted["refit_on_all_epochs"] = fitted["epoch"]
+    fitted.pop("history")
+    card = {"version": 1, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
+            "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
+                    "DCASE2016 task 2 folds 1-4",
+            "validation": "DCASE fold4, FSDD nicolas, 10% of LibriSpeech train speakers (by speaker)",
+            "never_used": "LibriSpeech test-other, DCASE fold5, FSDD theo/yweweler",
+            "twin_of": "default: its recipe without video (the check that the hybrid hears no worse)",
+            "validation_metrics": fitted, "train_seconds": round(time.time() - t_start, 1),
+            "command": f"actstream train ../shared/data --recipe default-audio --out OUT --seed {seed}"}
+    spec = dataclasses.replace(spec, card=card)
+    save_model(spec, out, cnn, temporal)
+    log.info("wrote %s (%s)", out, fitted)
     return card
 
 
@@ -293,6 +355,23 @@ def _held_out(path: Path) -> bool:
     return path.name.startswith(ACTION_VALIDATION)
 
 
+SETTLE_S = 1.0  # a clip's first second is not judged (the LSTM settles; the person is often still at rest)
+
+
+def video_calibration_sets(data_root: Path) -> tuple[list[Path], list[tuple[Path, list[tuple[float, float, str]]]]]:
+    """`actstream calibrate`'s recordings for the default's video encoder from the shared data folder: the
+    training splits' action recordings outside the action validation split calibrate; the validation split's
+    recordings gate, each with its truth (its action after the first second), and so does OpenCV's street
+    scene (no truth, never taught: what INT8 changes in a scene the model has not learned, by label agreement
+    alone). The test splits are not touched: they report both precisions in `actstream eval`, after the
+    choice."""
+    rows = shared_action_rows(data_root)
+    calib = [p for p, *_ in rows if not _held_out(p)]
+    held = [(p, [(SETTLE_S, float("inf"), label)]) for p, label, *_ in rows if _held_out(p)]
+    street = sorted((data_root / "video" / "opencv_samples").rglob("*.mp4"))
+    return calib, held + [(p, []) for p in street]
+
+
 def _action_accuracy(temporal, spec: ModelSpec, video: _ActionData, audio: np.ndarray) -> float:
     """The action head on the held-out clips, each alone from a fresh state, per step after the first second
     (as evaluation/video.py judges): the share of steps right, over two runs of each clip: with the video
@@ -338,29 +417,50 @@ def _recording_frames(path: Path, step_ms: int) -> list[np.ndarray]:
         src.close()
 
 
-def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
+def _int8_engines(spec: ModelSpec, int8_video: Path, folder: Path):
+    """Engines whose video encoder is the INT8 file `int8_video` (a QDQ ONNX of EfficientNet-Lite0 made by
+    `actstream calibrate`), through the same precision choice as at run time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(int8_video, folder / "video_encoder.int8.onnx")
+    (folder / "int8.json").write_text(json.dumps({"format": 1, "encoders": {"video": {
+        "file": "video_encoder.int8.onnx", "source": file_digest(int8_video), "passed": True,
+        "reason": "taught on: training/train.py"}}}))
+    return open_engines(dataclasses.replace(spec, folder=folder), "onnxruntime", precision="int8")
+
+
+def _action_embeddings(data_root: Path, progress=None, int8_video: Path | None = None) -> _ActionData:
     """The video training splits through the run-time path (FileSource, front end, EfficientNet-Lite0, flow),
     cached; mirrored where no two classes move opposite ways; per recording its first frame held still
     (appearance without motion: the flow is zeros, as a still scene gives) and clips of its people at rest
     (training/negatives.py) for `still`; a quarter turn of each recording of a class, and generated motion,
-    for `other`."""
+    for `other`. With int8_video, every clip also through that INT8 video encoder: each clip's variants then
+    hold both precisions' embeddings, and the LSTM learns from either (the encoder's quantisation error is
+    seen in training rather than met first at run time)."""
     spec = ModelSpec(name="default-action", arch="video_lstm", heads={"action": ACTION_CLASSES},
                      video=VideoFeatures(), motion=True, flow=FlowFeatures())
     items = [Item(path, label, person) for path, label, person, _ in shared_action_rows(data_root)]
-    engines = open_engines(spec, "onnxruntime")
-    for encoder in engines.encoders.values():
-        encoder.load()
+    sets = [(open_engines(spec, "onnxruntime"), None)]
+    tmp = tempfile.TemporaryDirectory(prefix="actstream-int8-")
+    if int8_video is not None:
+        sets.append((_int8_engines(spec, Path(int8_video), Path(tmp.name)), {"int8_video": file_digest(int8_video)}))
+    for engines, _ in sets:
+        for encoder in engines.encoders.values():
+            encoder.load()
     still, other = ACTION_CLASSES.index(STILL), ACTION_CLASSES.index(OTHER)
-    made: list[tuple[dict, int, bool]] = []  # synthesized clips: (embeddings, class, held out)
+    made: list[tuple[list[dict], int, bool]] = []  # synthesized clips: (embeddings per precision, class, held out)
+
+    def each(embed) -> list[dict]:
+        return [embed(engines, tag) for engines, tag in sets]
+
     try:
         embs = []
         for n, item in enumerate(items):
-            embs.append([item_embeddings(item, spec, engines)])
+            embs.append(each(lambda e, tag, item=item: item_embeddings(item, spec, e, tag=tag)))
             if progress:
                 progress("video embeddings", n + 1, len(items))
         mirrored, why = choose_mirror("auto", spec, items, [v[0] for v in embs])
         for n, item in enumerate(items if mirrored else []):
-            embs[n].append(item_embeddings(item, spec, engines, flip=True))
+            embs[n] += each(lambda e, tag, item=item: item_embeddings(item, spec, e, flip=True, tag=tag))
         for n, item in enumerate(items):
             digest = file_digest(item.path)
             frames = lambda path=item.path: _recording_frames(path, spec.step_ms)  # noqa: E731
@@ -369,23 +469,26 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
                     rng = np.random.default_rng([j, int(digest[:8], 16)])
                     got = frames()[:REST_FROM_FIRST]
                     return negatives.rest_frames(got[int(rng.integers(len(got)))], rng, REST_STEPS)
-                made.append((frames_embeddings(rest, {"rest": digest, "j": j, "rev": negatives.REVISION,
-                                                      "first": REST_FROM_FIRST}, spec, engines),
+                name = {"rest": digest, "j": j, "rev": negatives.REVISION, "first": REST_FROM_FIRST}
+                made.append((each(lambda e, tag, rest=rest, name=name: frames_embeddings(rest, name, spec, e, tag)),
                              still, _held_out(item.path)))
             if item.label != OTHER:
                 turn = int(digest[:8], 16) % 2 == 1
-                made.append((frames_embeddings(lambda frames=frames, turn=turn: negatives.rotated(frames(), turn),
-                                               {"rotated": digest, "clockwise": turn, "rev": negatives.REVISION},
-                                               spec, engines), other, _held_out(item.path)))
+                name = {"rotated": digest, "clockwise": turn, "rev": negatives.REVISION}
+                turned = lambda frames=frames, turn=turn: negatives.rotated(frames(), turn)  # noqa: E731
+                made.append((each(lambda e, tag, turned=turned, name=name: frames_embeddings(turned, name, spec, e,
+                                                                                                tag)),
+                             other, _held_out(item.path)))
             if progress:
                 progress("clips at rest and turned", n + 1, len(items))
         for j in range(SHAPES_CLIPS):
-            made.append((frames_embeddings(lambda j=j: negatives.shapes_frames(np.random.default_rng([7, j]),
-                                                                                SHAPES_STEPS),
-                                           {"shapes": j, "rev": negatives.REVISION}, spec, engines), other,
-                          j % SHAPES_VALIDATION == 0))
+            shapes = lambda j=j: negatives.shapes_frames(np.random.default_rng([7, j]), SHAPES_STEPS)  # noqa: E731
+            made.append((each(lambda e, tag, shapes=shapes, j=j: frames_embeddings(
+                shapes, {"shapes": j, "rev": negatives.REVISION}, spec, e, tag)), other, j % SHAPES_VALIDATION == 0))
     finally:
-        engines.close()
+        for engines, _ in sets:
+            engines.close()
+        tmp.cleanup()
     labels = [ACTION_CLASSES.index(i.label) for i in items]
     held_out = [_held_out(i.path) for i in items]
     if HELD_FRAMES:
@@ -396,7 +499,7 @@ def _action_embeddings(data_root: Path, progress=None) -> _ActionData:
             labels.append(still)
             held_out.append(h)
     for e, label, h in made:
-        embs.append([e])
+        embs.append(e)
         labels.append(label)
         held_out.append(h)
     log.info("action head: %d recordings, %d synthesized clips, %d held out for validation, mirrored: %s",
@@ -423,5 +526,6 @@ def _card_md(spec: ModelSpec) -> str:
               "- Held-out figures (people, speakers and folds never seen): `actstream eval default ../shared/data "
               "--out OUT` writes them; the README's evaluation section and docs/eval_report.json show the "
               "shipped model's",
+              *([f"- INT8: {c['int8']}"] if "int8" in c else []),
               f"- Reproduce: `{c['command']}`", ""]
     return "\n".join(lines)
