@@ -110,9 +110,10 @@ def judge_clips(spec: ModelSpec, engines, clips: list[Clip], progress=None) -> d
             "confusion": conf.tolist(), "wrong": wrong}
 
 
-def judge_model(spec: ModelSpec, clips: list[Clip], backend: str = "onnxruntime", progress=None) -> dict:
+def judge_model(spec: ModelSpec, clips: list[Clip], backend: str = "onnxruntime", progress=None,
+                precision: str = "fp32") -> dict:
     """judge_clips with the model's own engines, opened and closed here."""
-    engines = open_engines(spec, backend)
+    engines = open_engines(spec, backend, precision=precision)
     engines.load()
     try:
         return judge_clips(spec, engines, clips, progress)
@@ -120,13 +121,49 @@ def judge_model(spec: ModelSpec, clips: list[Clip], backend: str = "onnxruntime"
         engines.close()
 
 
+def video_precision(spec: ModelSpec, backend: str, precision: str) -> str:
+    """The precision the video encoder runs at under model.precision `precision` ("int8" where its INT8
+    file is chosen: ONNX Runtime only; TensorRT builds its own engines)."""
+    from actstream.engines.cache import video_encoder_onnx
+    from actstream.engines.precision import encoder_file
+
+    if backend != "onnxruntime" or precision == "fp32":
+        return "fp32"
+    fp32 = video_encoder_onnx(spec.video.size)
+    return "fp32" if encoder_file(spec.folder, "video", fp32, precision) == fp32 else "int8"
+
+
+def _judge_all(spec: ModelSpec, clips: list[Clip], data_root: Path, backend: str, precision: str, progress) -> dict:
+    from actstream.evaluation.openset import open_set
+
+    engines = open_engines(spec, backend, precision=precision)
+    engines.load()
+    try:
+        result = judge_clips(spec, engines, clips, progress)
+        if "action" in spec.heads:
+            result["open_set"] = open_set(spec, engines, data_root)
+    finally:
+        engines.close()
+    return result
+
+
+def _summary(result: dict) -> dict:
+    """The figures of one precision, for the side-by-side table."""
+    out = {k: result[k] for k in ("clip_accuracy", "step_accuracy", "wrong")}
+    for part, r in result.get("open_set", {}).items():
+        if isinstance(r, dict) and "known_action_confident_share" in r:
+            out[part] = {k: r[k] for k in ("still_share", "other_share", "known_action_confident_share") if k in r}
+    return out
+
+
 def evaluate_video(spec: ModelSpec, data_root: Path, out_dir: Path, backend: str = "onnxruntime",
-                   progress=None) -> dict:
+                   progress=None, precision: str = "auto") -> dict:
     """A video model judged on the video test splits of ../shared/data (the clips of the classes it knows,
     `other` left to the open-set figures) and, for a model with an `action` head, on what it was never taught
-    (evaluation/openset.py): writes report.json and confusion.png to out_dir."""
+    (evaluation/openset.py), at the precision it runs at (`precision`: model.precision); where that puts its
+    video encoder in INT8, FP32 is judged too, side by side (`precisions`). Writes report.json and
+    confusion.png to out_dir."""
     from actstream.evaluation.eval import plot_confusion
-    from actstream.evaluation.openset import open_set
 
     if "video" not in spec.modalities:
         raise ConfigError(f"model {spec.tag} reads no video: judge it with `actstream eval` on audio")
@@ -136,14 +173,12 @@ def evaluate_video(spec: ModelSpec, data_root: Path, out_dir: Path, backend: str
     if not clips:
         raise ConfigError(f"model {spec.tag}: none of its classes ({', '.join(classes[:12])}) is in the video test "
                           f"splits of {data_root} (weizmann, ps7, kth): nothing to judge")
-    engines = open_engines(spec, backend)
-    engines.load()
-    try:
-        result = judge_clips(spec, engines, clips, progress)
-        if "action" in spec.heads:
-            result["open_set"] = open_set(spec, engines, data_root)
-    finally:
-        engines.close()
+    runs_at = video_precision(spec, backend, precision)
+    result = _judge_all(spec, clips, data_root, backend, precision, progress)
+    result["video_encoder_precision"] = runs_at
+    if runs_at == "int8":
+        result["precisions"] = {"int8": _summary(result),
+                                "fp32": _summary(_judge_all(spec, clips, data_root, backend, "fp32", progress))}
     out_dir.mkdir(parents=True, exist_ok=True)
     report = {"model": spec.tag, "data": "video test splits: " + ", ".join(
         f"{d} {'/'.join(sorted(TEST_SPLITS[d]))}" for d in VIDEO_SETS), **result}
