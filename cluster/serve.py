@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actstream.common.errors import ConfigError, PublishError
+from actstream.common.closing import close_parts
 
 log = logging.getLogger(__name__)
 
@@ -361,18 +362,7 @@ class ClusterServer:
             except Exception as exc:  # a shard already gone: nothing to stop
                 log.debug("%s: %s", s.name, exc)
         self.shards = []
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.status is not None:
-            self.status.close()
-            self.status = None
-        if self.feed is not None:
-            self.feed.close()
-            self.feed = None
-        if self.forwarder is not None:
-            self.forwarder.close()
-            self.forwarder = None
+        close_parts(self, "control", "status", "feed", "forwarder")
         stop_ray(self._ray_started)
         self._ray_started = False
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 from actstream.common.errors import ActstreamError, ConfigError
+from actstream.common.closing import close_parts
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +143,7 @@ class ControlServer:
             self._stop.set()
             self._thread.join(2.0)
             self._thread = None
-        if self._guard is not None:
-            self._guard.close()
-            self._guard = None
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
-        if self._curve is not None:
-            self._curve.close()
-            self._curve = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        close_parts(self, "_guard", "_sock", "_curve", "_ctx")
 
 
 def request(endpoint: str, req: dict, timeout_s: float = DEFAULT_TIMEOUT_S, server_key: str | None = None,

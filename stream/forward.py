@@ -25,6 +25,7 @@ import threading
 import time
 
 from actstream.stream.publish import HANDSHAKE_MS, MAX_MESSAGE_BYTES, SCHEMA_VERSION, Publisher
+from actstream.common.closing import close_parts
 
 log = logging.getLogger(__name__)
 
@@ -125,15 +126,7 @@ class Forwarder(Publisher):
             log.warning("forwarder: dropped %d message(s) that were no label messages", self.rejected)
 
     def _close_inbound(self) -> None:
-        if self._in is not None:
-            self._in.close(0)
-            self._in = None
-        if self._in_curve is not None:
-            self._in_curve.close()
-            self._in_curve = None
-        if self._in_ctx is not None:
-            self._in_ctx.term()
-            self._in_ctx = None
+        close_parts(self, "_in", "_in_curve", "_in_ctx")
 
     def close(self, linger_ms: int = 500) -> None:
         """Stop passing messages on, close both sides. Idempotent."""

@@ -46,6 +46,7 @@ from typing import Any, IO
 from actstream.common.errors import PublishError
 from actstream.common.files import shown_path
 from actstream.stream.peers import PeerGuard, message_fd, peer_limit
+from actstream.common.closing import close_parts
 
 log = logging.getLogger(__name__)
 
@@ -378,19 +379,7 @@ class Publisher:
             if s is not None:
                 s.close(0)
         self._tx = self._rx = None
-        if self._guard is not None:
-            self._guard.close()
-            self._guard = None
-        if self._sock is not None:
-            self._sock.setsockopt(self._zmq.LINGER, linger_ms)
-            self._sock.close()
-            self._sock = None
-        if self._curve is not None:
-            self._curve.close()
-            self._curve = None
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        close_parts(self, "_guard", "_sock", "_curve", "_ctx", linger_ms=linger_ms)
 
 
 def stream_topic(head: str, stream: str) -> str:

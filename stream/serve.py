@@ -18,6 +18,7 @@ from pathlib import Path
 from actstream.common.errors import ConfigError, SourceError
 from actstream.stream.config import Config
 from actstream.stream.streamsfile import StreamSpec, stream_spec
+from actstream.common.closing import close_parts
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +141,4 @@ class Server:
             self.scheduler.publish_process_status("end")
 
     def close(self) -> None:
-        if self.control is not None:
-            self.control.close()
-            self.control = None
-        if self.publisher is not None:
-            self.publisher.close()
-            self.publisher = None
-        if self.engines is not None:
-            self.engines.close()
-            self.engines = None
+        close_parts(self, "control", "publisher", "engines")
