@@ -176,8 +176,9 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
              len(calib_files), len(held))
     temporal = OnnxRuntimeEngine(spec.folder / "temporal.onnx", threads, name="temporal")
     previous = read_gate(folder) if (folder / GATE_FILE).exists() else {}
-    record = {"format": 1, "model": spec.tag, "folder": str(folder), "margin": margin.to_dict(),
-              "calibration_files": [str(f) for f in calib_files], "held_out_files": [str(p) for p, _ in held],
+    record = {"format": 1, "model": spec.tag, "folder": os.path.relpath(folder), "margin": margin.to_dict(),
+              "calibration_files": [os.path.relpath(f) for f in calib_files],
+              "held_out_files": [os.path.relpath(p) for p, _ in held],
               "threads": threads or os.cpu_count(),
               "encoders": {m: e for m, e in previous.get("encoders", {}).items() if m not in encoders}}
     for m in encoders:

@@ -125,7 +125,7 @@ def test_the_shipped_model_passes_the_schema():
     spec = load_spec("default")
     assert list(spec.heads) == ["speech", "activity", "action"] and spec.audio.frames == 96
     assert spec.head_inputs == {"speech": ("audio",), "activity": ("audio",), "action": ("video",)}
-    assert spec.arch == "hybrid" and spec.flow is not None and spec.tag == "default@4"
+    assert spec.arch == "hybrid" and spec.flow is not None and spec.tag == "default@5"
 
 
 def test_the_reserved_topics_are_the_ones_the_loop_publishes_itself(media, tmp_path):
