@@ -152,3 +152,21 @@ def test_the_shipped_default_runs_its_video_encoder_in_int8_where_its_gate_passe
     assert encoder_file(spec.folder, "video", fp32, "auto") == spec.folder / "video_encoder.int8.onnx"
     assert encoder_file(spec.folder, "audio", spec.folder / "audio_encoder.onnx", "auto") == \
         spec.folder / "audio_encoder.onnx"
+
+
+@pytest.mark.slow
+def test_the_default_int8_encoder_is_reproduced_by_its_command(tmp_path):
+    """`actstream calibrate --model default --data ../shared/data` (the command the shipped INT8 file came from,
+    README "Speed") makes the same file again and the same gate decision (a minute on 2 cores)."""
+    from tests.conftest import need_shared
+
+    root = need_shared()
+    out = tmp_path / "default"
+    r = run_cli("calibrate", "--model", "default", "--data", str(root), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    shipped = load_spec("default").folder
+    assert (out / "video_encoder.int8.onnx").read_bytes() == (shipped / "video_encoder.int8.onnx").read_bytes()
+    made = json.loads((out / "int8.json").read_text())["encoders"]["video"]
+    ours = json.loads((shipped / "int8.json").read_text())["encoders"]["video"]
+    assert made["passed"] and made["held_out_steps"] == ours["held_out_steps"]
+    assert abs(made["label_agreement"]["action"] - ours["label_agreement"]["action"]) <= 0.01
