@@ -188,6 +188,20 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
     return record
 
 
+def _held_replay(path: Path, spec, m: str, max_steps: int) -> Recording | None:
+    """A held-out recording's inputs for gating encoder m: every stream of the model it has (the labels are
+    the step loop's, the other encoders in FP32); a model told its streams' presence is gated on a recording
+    with encoder m's stream alone too (a silent video for a hybrid's action head). None where it cannot be."""
+    for wanted in (spec.modalities, (m,)):
+        try:
+            return replay_inputs(path, spec, max_steps=max_steps, modalities=wanted)
+        except SourceError as e:
+            if not spec.presence or wanted == (m,):
+                log.info("not gating the %s encoder on %s", m, e)
+                return None
+    return None
+
+
 def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held: list[tuple[Path, list | None]],
                        same: bool, temporal, margin: Margin, threads: int, max_calib: int, max_held_steps: int,
                        timing_s: float, policy_cfg) -> dict:
@@ -195,12 +209,9 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
     heads = [h for h in spec.heads if m in spec.inputs_of(h)]
     held_recs = []
     for p, spans in held:
-        try:
-            rec = replay_inputs(p, spec, max_steps=max_held_steps, modalities=(m,))
-        except SourceError as e:
-            log.info("not gating the %s encoder on %s", m, e)
-            continue
-        held_recs.append((rec.tail(len(rec.ts) // 2) if same else rec, spans))
+        rec = _held_replay(p, spec, m, max_held_steps)
+        if rec is not None:
+            held_recs.append((rec.tail(len(rec.ts) // 2) if same else rec, spans))
     if not held_recs:
         raise SourceError(f"no held-out recording has {m}: pass some with it (--held-out, or more under --data)")
     if same:  # a single recording: its first half calibrates, its second half gates
@@ -209,7 +220,8 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
     else:
         x = _calibration_inputs(calib_files, spec, m, max_calib)
     fp32_path = _fp32_path(spec, m)
-    fp32 = OnnxRuntimeEngine(fp32_path, threads, name=f"{m}_encoder")
+    fp32s = {k: OnnxRuntimeEngine(_fp32_path(spec, k), threads, name=f"{k}_encoder") for k in spec.modalities}
+    fp32 = fp32s[m]
     int8_path = folder / f"{m}_encoder.int8.onnx"
     ranges = folder / f"{m}_encoder.ranges.json"
     t0 = time.perf_counter()
@@ -220,7 +232,8 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
     cos, agree, hits = [], {h: [] for h in heads}, {}
     try:
         for r, spans in held_recs:
-            e32 = {m: _embed(fp32, m, _inputs(r, m)), **({"flow": r.flow} if r.flow is not None else {})}
+            e32 = {**{k: _embed(e, k, _inputs(r, k)) for k, e in fp32s.items() if _inputs(r, k) is not None},
+                   **({"flow": r.flow} if r.flow is not None else {})}
             e8 = {**e32, m: _embed(int8, m, _inputs(r, m))}
             cos.append(cosine(e32[m], e8[m]))
             lab32 = _labels(spec, temporal, e32, r.ts, policy_cfg, heads)
@@ -243,7 +256,8 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
         speed = encoder_speed(fp32, int8, INPUT[m], x[:32], timing_s)
     finally:
         int8.close()
-        fp32.close()
+        for e in fp32s.values():
+            e.close()
     log.info("%s encoder INT8: %s (%s); speed-up x%.2f at batch 1, x%.2f at batch 32", m,
              "passed" if passed else "REFUSED", reason, speed["speedup_batch1"], speed["speedup_batch32"])
     return {"file": int8_path.name, "source": file_digest(fp32_path), "passed": passed, "reason": reason,

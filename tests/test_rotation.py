@@ -146,5 +146,6 @@ def test_a_rotated_weizmann_clip_gives_the_labels_of_the_original(tmp_path):
     original, tagged_labels = labels["original"], labels["tagged"]
     assert len(tagged_labels) == len(original) > 20
     same = sum(a == b for a, b in zip(original, tagged_labels)) / len(original)
-    assert original.count("wave2") > 0.8 * len(original) and same >= 0.9, labels
-    assert tagged_labels.count("wave2") > 0.8 * len(tagged_labels), labels
+    settled = 10  # the first second: she stands at rest before waving, and the LSTM settles
+    assert original[settled:].count("wave2") > 0.8 * len(original[settled:]) and same >= 0.9, labels
+    assert tagged_labels[settled:].count("wave2") > 0.8 * len(tagged_labels[settled:]), labels

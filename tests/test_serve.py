@@ -32,7 +32,7 @@ PER_STREAM = ("stream", "head", "phase", "sat_out", "problem")
 def _fast_many(model: str, files: dict[str, Path], batch_steps: int) -> dict[str, list[dict]]:
     """The files as streams of one scheduler on the virtual clock: per stream id, its messages."""
     spec = load_spec(model)
-    engines = open_engines(spec, "onnxruntime", spin=False)
+    engines = open_engines(spec, "onnxruntime", spin=False, precision=Config().model.precision)  # as replay runs
     engines.load()
     policy = LabelPolicy(recognizer_for(spec, engines, spec.step_ms), Config().policy)
     publisher = Publisher(None, None, "many", spec.tag)
