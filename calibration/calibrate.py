@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -174,54 +175,75 @@ def calibrate(model: str, data: list[str], out: str | None = None, margin: Margi
     same = held_out is None and calib_files == [p for p, _ in held]  # one recording: its first half calibrates
     log.info("calibrating %s (%s) on %d recordings, gating on %d held out", spec.name, ", ".join(encoders),
              len(calib_files), len(held))
+    recs = [(r, spans) for r, spans in ((_held_replay(p, spec, max_held_steps), spans) for p, spans in held)
+            if r is not None]
+    calib_rec = None
+    if same and recs:  # a single recording: its first half calibrates, its second half gates
+        calib_rec = recs[0][0]
+        recs = [(calib_rec.tail(len(calib_rec.ts) // 2), recs[0][1])]
     temporal = OnnxRuntimeEngine(spec.folder / "temporal.onnx", threads, name="temporal")
+    fp32s = {k: OnnxRuntimeEngine(_fp32_path(spec, k), threads, name=f"{k}_encoder") for k in spec.modalities}
     previous = read_gate(folder) if (folder / GATE_FILE).exists() else {}
     record = {"format": 1, "model": spec.tag, "folder": os.path.relpath(folder), "margin": margin.to_dict(),
               "calibration_files": [os.path.relpath(f) for f in calib_files],
               "held_out_files": [os.path.relpath(p) for p, _ in held],
               "threads": threads or os.cpu_count(),
               "encoders": {m: e for m, e in previous.get("encoders", {}).items() if m not in encoders}}
-    for m in encoders:
-        record["encoders"][m] = _calibrate_encoder(spec, folder, m, calib_files, held, same, temporal, margin,
-                                                   threads, max_calib, max_held_steps, timing_s, policy_cfg)
+    try:
+        # each held-out recording's FP32 embeddings and labels, once: every encoder's INT8 run is compared to them
+        gated = []
+        for r, spans in recs:
+            e32 = {**{k: _embed(e, k, _inputs(r, k)) for k, e in fp32s.items() if _inputs(r, k) is not None},
+                   **({"flow": r.flow} if r.flow is not None else {})}
+            gated.append(_Held(r, spans, e32, _labels(spec, temporal, e32, r.ts, policy_cfg, list(spec.heads))))
+        for m in encoders:
+            if calib_rec is not None:
+                x = _inputs(calib_rec, m)
+                x = x[:len(x) // 2][np.linspace(0, len(x) // 2 - 1, min(max_calib, len(x) // 2)).astype(int)]
+            else:
+                x = _calibration_inputs(calib_files, spec, m, max_calib)
+            record["encoders"][m] = _calibrate_encoder(spec, folder, m, x, [g for g in gated if m in g.e32],
+                                                       fp32s[m], temporal, margin, threads, timing_s, policy_cfg)
+    finally:
+        for e in fp32s.values():
+            e.close()
     (folder / GATE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-def _held_replay(path: Path, spec, m: str, max_steps: int) -> Recording | None:
-    """A held-out recording's inputs for gating encoder m: every stream of the model it has (the labels are
-    the step loop's, the other encoders in FP32); a model told its streams' presence is gated on a recording
-    with encoder m's stream alone too (a silent video for a hybrid's action head). None where it cannot be."""
-    for wanted in (spec.modalities, (m,)):
+@dataclass
+class _Held:
+    """A held-out recording as the gate uses it: its inputs, its truth (or None), its FP32 embeddings and the
+    labels the step loop shows with them."""
+
+    rec: Recording
+    spans: list | None
+    e32: dict[str, np.ndarray]
+    lab32: dict[str, list]
+
+
+def _held_replay(path: Path, spec, max_steps: int) -> Recording | None:
+    """A held-out recording's inputs: every stream of the model it has. A model told its streams' presence is
+    gated on a recording with one of them too (a silent video for a hybrid's action head); one that is not
+    needs them all. None where the recording cannot serve."""
+    tries = [spec.modalities, *([(k,) for k in spec.modalities] if spec.presence else [])]
+    for wanted in tries:
         try:
             return replay_inputs(path, spec, max_steps=max_steps, modalities=wanted)
         except SourceError as e:
-            if not spec.presence or wanted == (m,):
-                log.info("not gating the %s encoder on %s", m, e)
-                return None
+            why = e
+    log.info("not gating on %s", why)
     return None
 
 
-def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held: list[tuple[Path, list | None]],
-                       same: bool, temporal, margin: Margin, threads: int, max_calib: int, max_held_steps: int,
-                       timing_s: float, policy_cfg) -> dict:
-    """Quantize encoder m, gate it on the held-out recordings, time it; returns its int8.json entry."""
-    heads = [h for h in spec.heads if m in spec.inputs_of(h)]
-    held_recs = []
-    for p, spans in held:
-        rec = _held_replay(p, spec, m, max_held_steps)
-        if rec is not None:
-            held_recs.append((rec.tail(len(rec.ts) // 2) if same else rec, spans))
-    if not held_recs:
+def _calibrate_encoder(spec, folder: Path, m: str, x: np.ndarray, gated: list[_Held], fp32: OnnxRuntimeEngine,
+                       temporal, margin: Margin, threads: int, timing_s: float, policy_cfg) -> dict:
+    """Quantize encoder m on its calibration inputs x, gate it on the held-out recordings that have its stream,
+    time it; returns its int8.json entry."""
+    if not gated:
         raise SourceError(f"no held-out recording has {m}: pass some with it (--held-out, or more under --data)")
-    if same:  # a single recording: its first half calibrates, its second half gates
-        x = _inputs(replay_inputs(calib_files[0], spec, max_steps=max_held_steps, modalities=(m,)), m)
-        x = x[:len(x) // 2][np.linspace(0, len(x) // 2 - 1, min(max_calib, len(x) // 2)).astype(int)]
-    else:
-        x = _calibration_inputs(calib_files, spec, m, max_calib)
+    heads = [h for h in spec.heads if m in spec.inputs_of(h)]
     fp32_path = _fp32_path(spec, m)
-    fp32s = {k: OnnxRuntimeEngine(_fp32_path(spec, k), threads, name=f"{k}_encoder") for k in spec.modalities}
-    fp32 = fp32s[m]
     int8_path = folder / f"{m}_encoder.int8.onnx"
     ranges = folder / f"{m}_encoder.ranges.json"
     t0 = time.perf_counter()
@@ -231,18 +253,16 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
     int8 = OnnxRuntimeEngine(int8_path, threads, name=f"{m}_encoder_int8")
     cos, agree, hits = [], {h: [] for h in heads}, {}
     try:
-        for r, spans in held_recs:
-            e32 = {**{k: _embed(e, k, _inputs(r, k)) for k, e in fp32s.items() if _inputs(r, k) is not None},
-                   **({"flow": r.flow} if r.flow is not None else {})}
-            e8 = {**e32, m: _embed(int8, m, _inputs(r, m))}
-            cos.append(cosine(e32[m], e8[m]))
-            lab32 = _labels(spec, temporal, e32, r.ts, policy_cfg, heads)
+        for g in gated:
+            r = g.rec
+            e8 = {**g.e32, m: _embed(int8, m, _inputs(r, m))}
+            cos.append(cosine(g.e32[m], e8[m]))
             lab8 = _labels(spec, temporal, e8, r.ts, policy_cfg, heads)
             for h in heads:
-                agree[h] += [a == b for a, b in zip(lab32[h], lab8[h]) if a is not None]
-            if spans:
-                for tag, labs in (("fp32", lab32), ("int8", lab8)):
-                    for h, (hit, n) in _accuracy(labs, r.ts, spans, {h: spec.heads[h] for h in heads}).items():
+                agree[h] += [a == b for a, b in zip(g.lab32[h], lab8[h]) if a is not None]
+            if g.spans:
+                for tag, labs in (("fp32", g.lab32), ("int8", lab8)):
+                    for h, (hit, n) in _accuracy(labs, r.ts, g.spans, {h: spec.heads[h] for h in heads}).items():
                         acc = hits.setdefault(f"{h}_accuracy", {"fp32": [0, 0], "int8": [0, 0]})[tag]
                         acc[0] += hit
                         acc[1] += n
@@ -250,14 +270,12 @@ def _calibrate_encoder(spec, folder: Path, m: str, calib_files: list[Path], held
         measured = {"cosine_mean": float(cos_all.mean()), "cosine_min": float(cos_all.min()),
                     "label_agreement": {h: float(np.mean(v)) if v else 1.0 for h, v in agree.items()},
                     "metrics": {k: {t: v[t][0] / v[t][1] for t in v} for k, v in hits.items()},
-                    "held_out_steps": sum(len(r.ts) for r, _ in held_recs),
+                    "held_out_steps": sum(len(g.rec.ts) for g in gated),
                     "truth_steps": {k: v["fp32"][1] for k, v in hits.items()}}
         passed, reason = decide(measured, margin)
         speed = encoder_speed(fp32, int8, INPUT[m], x[:32], timing_s)
     finally:
         int8.close()
-        for e in fp32s.values():
-            e.close()
     log.info("%s encoder INT8: %s (%s); speed-up x%.2f at batch 1, x%.2f at batch 32", m,
              "passed" if passed else "REFUSED", reason, speed["speedup_batch1"], speed["speedup_batch32"])
     return {"file": int8_path.name, "source": file_digest(fp32_path), "passed": passed, "reason": reason,

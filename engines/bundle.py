@@ -465,14 +465,16 @@ class Engines:
 
 
 def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0,
-                 precision: str = "fp32", spin: bool = True, small_threads: int = 0) -> Engines:
+                 precision: str = "fp32", spin: bool = True, small_threads: int = 0,
+                 encoder_files: dict[str, Path] | None = None) -> Engines:
     """Engines for `spec` on `backend` (not loaded yet: call .load()).
 
     precision: "fp32" | "int8" | "auto" for the ONNX Runtime encoders (see engines.precision; "auto" takes
     the INT8 files only where `actstream calibrate` passed its accuracy gate); for TensorRT, "int8" builds
     INT8 engines from the same QDQ files and anything else FP16 engines. spin: ONNX Runtime's idle threads
     spin-wait (see OnnxRuntimeEngine). small_threads: intra-op threads of the small networks, the audio
-    encoder and the temporal network (0: `threads`); the video CNN keeps `threads`.
+    encoder and the temporal network (0: `threads`); the video CNN keeps `threads`. encoder_files: an ONNX
+    file per encoder that replaces the precision's choice (training learns from an INT8 file not yet gated).
     """
     if backend in ("onnxruntime", "tensorrt"):
         from actstream.engines.cache import video_encoder_onnx
@@ -486,6 +488,8 @@ def open_engines(spec: ModelSpec, backend: str = "onnxruntime", threads: int = 0
             n = threads if name == "video_encoder" or not small_threads else small_threads
 
             def onnx_path() -> Path:
+                if encoder in (encoder_files or {}):
+                    return Path(encoder_files[encoder])
                 path = path_fn()
                 return encoder_file(spec.folder, encoder, path, precision) if encoder else path
 
