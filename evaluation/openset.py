@@ -29,9 +29,9 @@ from actstream.stream.pipeline import replay_many
 from actstream.stream.policy import LabelPolicy
 from actstream.stream.recognizer import recognizer_for
 from actstream.stream.sources import FileSource
+from actstream.training.data import SETTLE_S
 
 log = logging.getLogger(__name__)
-SETTLE_S = 1.0  # the first second of a clip is not counted: the LSTM is still settling
 CONFIDENT = 0.8
 NOT_AN_ACTION = ("still", "other")
 

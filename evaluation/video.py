@@ -27,11 +27,10 @@ from actstream.engines.bundle import ModelSpec, load_spec, open_engines
 from actstream.stream.recognizer import CausalRecognizer
 from actstream.stream.sources import FileSource
 from actstream.stream.steps import steps
-from actstream.training.data import ACTION_ALIASES, TEST_SPLITS
+from actstream.training.data import ACTION_ALIASES, SETTLE_S, TEST_SPLITS
 
 log = logging.getLogger(__name__)
 VIDEO_SETS = ("weizmann", "ps7", "kth")
-SETTLE_S = 1.0  # the steps of a clip's first second are not judged: the LSTM is still settling
 
 
 @dataclass(frozen=True)

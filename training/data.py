@@ -38,6 +38,7 @@ WEIZMANN_ACTIONS = ["bend", "jack", "jump", "pjump", "run", "side", "skip", "wal
 STILL = "still"
 OTHER = "other"
 ACTION_SETS = {"weizmann": None, "ps7": None, "kth": None}  # dataset -> the labels taught (None: all)
+SETTLE_S = 1.0  # a clip's first second is not judged: the LSTM settles, and the person often still stands at rest
 ACTION_ALIASES = {"ps7": {"wave": "wave1"}, "kth": {"boxing": OTHER, "handclapping": OTHER, "jogging": OTHER}}
 ACTION_CLASSES = [*WEIZMANN_ACTIONS, "arms_up_front", "arms_up_side", STILL, OTHER]
 

@@ -16,8 +16,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +35,8 @@ from actstream.engines.cache import file_digest
 from actstream.stream.sources import FileSource
 from actstream.stream.steps import steps
 from actstream.training import negatives
-from actstream.training.data import (ACTION_CLASSES, ACTIVITY_CLASSES, OTHER, SPEECH_CLASSES, STILL, Clip,
-                                     make_timeline, shared_action_rows, shared_clips)
+from actstream.training.data import (ACTION_CLASSES, ACTIVITY_CLASSES, OTHER, SETTLE_S, SPEECH_CLASSES, STILL,
+                                     Clip, make_timeline, shared_action_rows, shared_clips)
 from actstream.training.teach import (MODALITY_DROPOUT, Item, cached_dims, choose_mirror, frames_embeddings,
                                       item_embeddings, motion_features, teach_pieces)
 
@@ -175,7 +173,6 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     video = _action_embeddings(data_root, progress, int8_video)
     spec = ModelSpec(name="default", arch="hybrid", heads={**spec.heads, "action": ACTION_CLASSES}, audio=spec_a,
                      video=VideoFeatures(), motion=True, flow=FlowFeatures(), head_inputs=HEAD_INPUTS)
-    temporal = spec.new_temporal(MODALITY_DROPOUT)
     pool = video.pool_of(video.train)  # `sample` draws from this: rebound to every clip for the refit
 
     def sample(rng):
@@ -213,15 +210,13 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     # most clips, six times less than a class of four clips)
     weights = {"activity": w_act, "speech": None, "action": None}
     steps_per_epoch = 2 * max(1, tr_e.size // tr_e.shape[-1] // (seq * batch))
-    fitted = fit_temporal(temporal, sample, validate, weights, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          rng=rng, patience=PATIENCE,
-                          progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
-    # the held-out people chose the number of epochs; the final model learns from every clip for that long
-    pool = video.pool_of(range(len(video.labels)))
-    temporal = spec.new_temporal(MODALITY_DROPOUT)
-    fit_temporal(temporal, sample, None, weights, epochs=fitted["epoch"], steps_per_epoch=steps_per_epoch,
-                 rng=rng, progress=(lambda e, m: progress("refit epochs", e, fitted["epoch"])) if progress else None)
-    fitted["refit_on_all_epochs"] = fitted["epoch"]
+
+    def every_clip():
+        nonlocal pool
+        pool = video.pool_of(range(len(video.labels)))
+
+    temporal, fitted = _fit_then_refit(lambda: spec.new_temporal(MODALITY_DROPOUT), sample, validate, weights,
+                                       epochs, steps_per_epoch, rng, progress, before_refit=every_clip)
     history = fitted.pop("history")
     best_m = fitted
     card = {"version": 5, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
@@ -258,12 +253,28 @@ def train_default(out: Path, data_root: Path, seed: int = 0, quick: bool = False
     return card
 
 
+def _fit_then_refit(new_temporal, sample, validate, weights: dict, epochs: int, steps_per_epoch: int,
+                    rng: np.random.Generator, progress, before_refit=None):
+    """Stage 2's rule: a network fitted while the validation split chooses the number of epochs (stopping after
+    PATIENCE without a better score), then a fresh one learns from everything (before_refit() rebinds what
+    `sample` draws from) for that many. Returns (the refitted network, the fit's metrics with its history)."""
+    fitted = fit_temporal(new_temporal(), sample, validate, weights, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                          rng=rng, patience=PATIENCE,
+                          progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
+    if before_refit is not None:
+        before_refit()
+    temporal = new_temporal()
+    fit_temporal(temporal, sample, None, weights, epochs=fitted["epoch"], steps_per_epoch=steps_per_epoch,
+                 rng=rng, progress=(lambda e, m: progress("refit epochs", e, fitted["epoch"])) if progress else None)
+    fitted["refit_on_all_epochs"] = fitted["epoch"]
+    return temporal, fitted
+
+
 def _train_audio_twin(out: Path, spec: ModelSpec, cnn, tr_e, va_e, tr_a, tr_s, va_a, va_s, w_act, seq: int,
                       batch: int, rng: np.random.Generator, seed: int, quick: bool, progress, t_start: float) -> dict:
     """Stage 2 of the default's recipe without the eyes: the same audio CNN, timelines, sequence length,
     epochs rule (chosen on the audio validation, then refit on all) and heads, audio present at every step."""
     spec = dataclasses.replace(spec, name="default-audio")
-    temporal = spec.new_temporal()
 
     def sample(rng):
         i = rng.integers(0, len(tr_e), batch)
@@ -282,13 +293,8 @@ def _train_audio_twin(out: Path, spec: ModelSpec, cnn, tr_e, va_e, tr_a, tr_s, v
     epochs = 3 if quick else 50
     weights = {"activity": w_act, "speech": None}
     steps_per_epoch = 2 * max(1, tr_e.size // tr_e.shape[-1] // (seq * batch))
-    fitted = fit_temporal(temporal, sample, validate, weights, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                          rng=rng, patience=PATIENCE,
-                          progress=(lambda e, m: progress("temporal epochs", e, epochs)) if progress else None)
-    temporal = spec.new_temporal()
-    fit_temporal(temporal, sample, None, weights, epochs=fitted["epoch"], steps_per_epoch=steps_per_epoch,
-                 rng=rng, progress=(lambda e, m: progress("refit epochs", e, fitted["epoch"])) if progress else None)
-    fitted["refit_on_all_epochs"] = fitted["epoch"]
+    temporal, fitted = _fit_then_refit(spec.new_temporal, sample, validate, weights, epochs, steps_per_epoch, rng,
+                                       progress)
     fitted.pop("history")
     card = {"version": 1, "trained": datetime.date.today().isoformat(), "seed": seed, "quick": quick,
             "data": "../shared/data training splits: LibriSpeech train-clean-100, FSDD george/jackson/lucas/nicolas, "
@@ -355,9 +361,6 @@ def _held_out(path: Path) -> bool:
     return path.name.startswith(ACTION_VALIDATION)
 
 
-SETTLE_S = 1.0  # a clip's first second is not judged (the LSTM settles; the person is often still at rest)
-
-
 def video_calibration_sets(data_root: Path) -> tuple[list[Path], list[tuple[Path, list[tuple[float, float, str]]]]]:
     """`actstream calibrate`'s recordings for the default's video encoder from the shared data folder: the
     training splits' action recordings outside the action validation split calibrate; the validation split's
@@ -391,7 +394,7 @@ def _action_accuracy(temporal, spec: ModelSpec, video: _ActionData, audio: np.nd
                 emb = {**feats, "audio": sound, "present": present}
                 h0, c0 = temporal.zero_state(1)
                 lg, _, _ = temporal.logits({m: torch.from_numpy(x) for m, x in emb.items()}, h0, c0)
-                pred = lg["action"][0, 10:].argmax(-1).numpy()
+                pred = lg["action"][0, int(SETTLE_S * 1000) // DEFAULT_STEP_MS:].argmax(-1).numpy()
                 right += int((pred == video.labels[k]).sum())
                 total += len(pred)
     return round(right / max(1, total), 4)
@@ -417,17 +420,6 @@ def _recording_frames(path: Path, step_ms: int) -> list[np.ndarray]:
         src.close()
 
 
-def _int8_engines(spec: ModelSpec, int8_video: Path, folder: Path):
-    """Engines whose video encoder is the INT8 file `int8_video` (a QDQ ONNX of EfficientNet-Lite0 made by
-    `actstream calibrate`), through the same precision choice as at run time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(int8_video, folder / "video_encoder.int8.onnx")
-    (folder / "int8.json").write_text(json.dumps({"format": 1, "encoders": {"video": {
-        "file": "video_encoder.int8.onnx", "source": file_digest(int8_video), "passed": True,
-        "reason": "taught on: training/train.py"}}}))
-    return open_engines(dataclasses.replace(spec, folder=folder), "onnxruntime", precision="int8")
-
-
 def _action_embeddings(data_root: Path, progress=None, int8_video: Path | None = None) -> _ActionData:
     """The video training splits through the run-time path (FileSource, front end, EfficientNet-Lite0, flow),
     cached; mirrored where no two classes move opposite ways; per recording its first frame held still
@@ -440,9 +432,9 @@ def _action_embeddings(data_root: Path, progress=None, int8_video: Path | None =
                      video=VideoFeatures(), motion=True, flow=FlowFeatures())
     items = [Item(path, label, person) for path, label, person, _ in shared_action_rows(data_root)]
     sets = [(open_engines(spec, "onnxruntime"), None)]
-    tmp = tempfile.TemporaryDirectory(prefix="actstream-int8-")
     if int8_video is not None:
-        sets.append((_int8_engines(spec, Path(int8_video), Path(tmp.name)), {"int8_video": file_digest(int8_video)}))
+        sets.append((open_engines(spec, "onnxruntime", encoder_files={"video": Path(int8_video)}),
+                     {"int8_video": file_digest(int8_video)}))
     for engines, _ in sets:
         for encoder in engines.encoders.values():
             encoder.load()
@@ -488,7 +480,6 @@ def _action_embeddings(data_root: Path, progress=None, int8_video: Path | None =
     finally:
         for engines, _ in sets:
             engines.close()
-        tmp.cleanup()
     labels = [ACTION_CLASSES.index(i.label) for i in items]
     held_out = [_held_out(i.path) for i in items]
     if HELD_FRAMES:
