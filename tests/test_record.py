@@ -230,10 +230,12 @@ def test_six_second_recording_replays_like_its_source(pulse, tmp_path, lena_and_
         assert r.returncode == 0, r.stderr
         replays[name] = labels(tmp_path / f"{name}.jsonl")
     rec = replays["recording"]
-    # the same action as the source clip's replay gives at most of its steps
+    # the same action as the source clip's replay gives, at as many of its steps (within 10 points: the camera
+    # loops the clip, and where it restarts she stands at rest, which the model rightly calls `still`)
     theirs = [m["label"] for m in replays["clip"]["action"]]
     actions = [m["label"] for m in rec["action"]]
-    assert max(set(theirs), key=theirs.count) == "wave2" and actions.count("wave2") >= 0.8 * len(actions), actions
+    assert max(set(theirs), key=theirs.count) == "wave2" == max(set(actions), key=actions.count), actions
+    assert actions.count("wave2") / len(actions) >= theirs.count("wave2") / len(theirs) - 0.1, (actions, theirs)
     # speech where it played: from where the replay of what was played hears it, counted from when it played
     spoke = launched - start + min(m["t"] for m in replays["played"]["speech"] if m["label"] == "speech")
     heard = [m["t"] for m in rec["speech"] if m["label"] == "speech"]
