@@ -18,7 +18,7 @@ import torch
 
 from actstream.stream.client import SeqTracker, subscribe
 from actstream.stream.sources import load_audio
-from tests.conftest import ROOT, need_shared, wait_until
+from tests.conftest import ROOT, need_shared, run_cli, wait_until
 from tests.livekit import MjpegServer, write_wav
 
 RATE = 16000
@@ -147,7 +147,17 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
     # each head from its device's first delivery on (the HTTP camera connects within a second or two)
     assert len(by["action"]) >= 90 and len(by["speech"]) >= 90 and len(by["activity"]) == len(by["speech"])
     actions = [m["label"] for m in by["action"]]
-    assert actions.count("wave2") >= 0.8 * len(actions), actions
+    # wave2 at as many steps as a replay of the same loop gives (within 10 points: where the loop restarts she
+    # stands at rest, which the model rightly calls `still`, and the camera's loop starts at another phase)
+    from actstream.views.demo import write_media
+
+    looped = write_media(tmp_path / "looped.mp4", (frames * 4)[:300], None)
+    r = run_cli("replay", str(looped), "--out", str(tmp_path / "looped.jsonl"), "--publish", "none")
+    assert r.returncode == 0, r.stderr
+    theirs = [m["label"] for m in map(json.loads, (tmp_path / "looped.jsonl").read_text().splitlines())
+              if m["topic"] == "action"]
+    assert max(set(actions), key=actions.count) == "wave2" == max(set(theirs), key=theirs.count), actions
+    assert actions.count("wave2") / len(actions) >= theirs.count("wave2") / len(theirs) - 0.1, (actions, theirs)
     heard = [m["t"] for m in by["speech"] if m["label"] == "speech"]
     assert heard and min(heard) > 3.0 and 0.3 * 60 < len(heard) <= 75  # the 6 s of speech, after the silence
     assert msgs[-1]["state"] == "end" and msgs[-1]["heads"] == ["speech", "activity", "action"]
@@ -155,7 +165,8 @@ def test_live_camera_and_microphone_on_people_never_seen(pulse, tmp_path, port):
     lines = text.splitlines()  # what the user sees in the terminal: a line per head per step, and the statuses
     assert sum(" action " in x for x in lines) >= len(by["action"]) - 10 and any(" status " in x for x in lines)
     print("\n".join(x for x in lines if x.lstrip().startswith(("6.00s", "12.00s"))))  # the README's excerpt
-    print(Counter(actions).most_common(3), f"{len(actions)} action steps; speech heard {len(heard) / 10:.1f} s")
+    print(Counter(actions).most_common(3), f"{len(actions)} action steps (the replayed loop: "
+          f"{theirs.count('wave2')}/{len(theirs)} wave2); speech heard {len(heard) / 10:.1f} s")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
