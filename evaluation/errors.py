@@ -8,12 +8,17 @@ Measured for any per-step speech decision (the model's, or a peer VAD's):
   rest (segments never overlap on these timelines, so "under" an event is the steps an event's tail still owns);
 * false speech per event class: the share of the steps whose truth is that event class called speech;
 * sources: every wrong step counted once, under the first of SOURCES it fits, and the largest named.
+
+And, of the truth alone (`edge_sensitivity`), how much of a timeline's F1 rides on its segments' edges: the F1
+of a detector that is right everywhere but one step late at every onset and offset. Short segments (FSDD's
+spoken digits last 3-8 steps) make each edge step weigh a lot.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from actstream.evaluation.metrics import binary_f1
 from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Segment
 
 ONSET_STEPS = 3  # 300 ms at 100 ms steps
@@ -95,6 +100,19 @@ def speech_errors(truth_speech: list[np.ndarray], truth_activity: list[np.ndarra
     out["sources"] = {"wrong_steps": wrong, "steps": counts, "largest": largest,
                       "largest_share": round(counts[largest] / wrong, 4) if wrong else None}
     return out
+
+
+def edge_sensitivity(truth_speech: list[np.ndarray]) -> dict:
+    """Per timeline: its speech segments (runs of speech steps), speech steps, and the F1 the truth itself
+    scores when shifted one step late (every onset missed by a step, every offset held a step too long)."""
+    runs, steps, late = [], [], []
+    for ts in truth_speech:
+        ts = np.asarray(ts).astype(np.int64)
+        runs.append(int(((ts == 1) & (np.r_[0, ts[:-1]] == 0)).sum()))
+        steps.append(int(ts.sum()))
+        late.append(binary_f1(ts, np.r_[0, ts[:-1]])["f1"])
+    return {"speech_runs_per_timeline": runs, "speech_steps_per_timeline": steps,
+            "one_step_late_f1_per_timeline": late}
 
 
 def largest_source_line(errors: dict) -> str:

@@ -30,7 +30,7 @@ from actstream.common.files import shown_path
 from actstream.engines.bundle import DEFAULT_STEP_MS, ModelSpec, load_spec, open_engines
 from actstream.stream.sources import load_audio
 from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, is_test, mix_timeline
-from actstream.evaluation.errors import speech_errors
+from actstream.evaluation.errors import edge_sensitivity, speech_errors
 from actstream.evaluation.metrics import binary_f1, confusion, onset_latency, per_class
 from actstream.evaluation.peers import check_peers, parse_peers, peer_steps
 
@@ -224,6 +224,7 @@ def evaluate_shared(model: str, data_root: Path, out_dir: Path, compare: list[st
     if "silero" in peer_s:  # the name the reports before the other peers used
         report["silero_vad_f1"] = report["peers"]["silero"]["speech_f1"]
     report["speech_errors"] = errors
+    report["speech_edges"] = edge_sensitivity(truth_s)
     if other:
         report["against"] = _against(spec.tag, other[0].tag, truth_s, pred_s, other_s)
         other[1].close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from actstream.common.errors import ConfigError
-from actstream.evaluation.errors import largest_source_line, speech_errors
+from actstream.evaluation.errors import edge_sensitivity, largest_source_line, speech_errors
 from actstream.evaluation.peers import PEERS, check_peers, parse_peers, peer_steps
 from actstream.training.data import ACTIVITY_CLASSES, QUIET, SPEAKING, Clip, Segment, mix_timeline
 from tests.conftest import SHARED, need_shared, run_cli, tone_and_noise
@@ -93,6 +93,15 @@ def test_speech_errors_on_a_hand_built_truth():
                                       "4 of 7 wrong steps (57%)")
 
 
+def test_edge_sensitivity_counts_what_one_step_late_costs():
+    # two runs of speech, 2 and 8 steps: one step late, 8 of 10 speech steps are caught and 2 called too long
+    speech = np.zeros(20, int)
+    speech[2:4] = speech[8:16] = 1
+    e = edge_sensitivity([speech, np.zeros(5, int)])
+    assert e["speech_runs_per_timeline"] == [2, 0] and e["speech_steps_per_timeline"] == [10, 0]
+    assert e["one_step_late_f1_per_timeline"] == [0.8, 0.0]  # precision 8/10, recall 8/10
+
+
 def test_mixed_segments_own_exactly_the_speech_truths_steps():
     rng = np.random.default_rng(3)
     voice = tone_and_noise(1.5, 16000)[:, 0]
@@ -104,6 +113,30 @@ def test_mixed_segments_own_exactly_the_speech_truths_steps():
             owned[s.start:s.end] = 1
     assert owned.tolist() == tl.speech.tolist()
     assert all(-30.0 <= s.level_dbfs <= -1.0 for s in tl.segments)
+
+
+def test_varied_speech_keeps_its_truth_and_the_eval_timelines_stay_as_recorded():
+    """Training's speech variation (pace 0.9-1.1, a room at half the draws): each varied clip lasts its
+    length over the pace and keeps its level within a few dB; the segments still own exactly the speech
+    truth's steps; with no variation asked for, a seed gives the timeline it gave before (the eval's)."""
+    from actstream.stream.sources import load_audio
+    from actstream.training.data import vary_speech
+
+    voice = load_audio(need_shared(*UTTERANCE), 16000)[:48000]
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        v = vary_speech(voice, rng)
+        assert len(voice) / 1.1 - 1 <= len(v) <= len(voice) / 0.9 + 1
+        assert abs(20 * np.log10(np.std(v) / np.std(voice))) < 3.0
+    clips = [Clip(voice, SPEAKING, True, "s", "s.wav"), Clip(voice[::-1].copy(), "knock", False, "e", "e.wav")]
+    varied = mix_timeline(clips, 30.0, np.random.default_rng(3), speech_share=0.5, speech_variation=1.0)
+    owned = np.zeros(len(varied.speech), int)
+    for s in varied.segments:
+        owned[s.start:s.end] = s.speech
+    assert owned.tolist() == varied.speech.tolist()
+    plain = mix_timeline(clips, 30.0, np.random.default_rng(3), speech_share=0.5)
+    again = mix_timeline(clips, 30.0, np.random.default_rng(3), speech_share=0.5, speech_variation=0.0)
+    assert np.array_equal(plain.audio, again.audio) and not np.array_equal(plain.audio, varied.audio)
 
 
 def test_a_model_against_itself_differs_by_exactly_nothing():

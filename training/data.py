@@ -116,6 +116,27 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
     return (x / (np.std(x) + 1e-12) * level).astype(np.float32)
 
 
+def vary_speech(a: np.ndarray, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """One speech clip as another room and another talker's pace would give it: played 0.9-1.1 times as fast
+    (resampled, so the pitch moves with it, as speed perturbation in ASR training), and at half the draws
+    heard in a room (a synthetic impulse response: the direct sound, then exponentially decaying noise with
+    an RT60 of 0.15-0.6 s at 3-12 dB below it). The length follows the speed; the reverberant tail past the
+    clip's end is cut, so the truth stays the clip's span."""
+    factor = float(rng.uniform(0.9, 1.1))
+    n = max(2, int(round(len(a) / factor)))
+    out = np.interp(np.arange(n) * factor, np.arange(len(a)), a).astype(np.float32)
+    if rng.random() < 0.5:
+        rt60 = float(rng.uniform(0.15, 0.6))
+        t = np.arange(int(rt60 * rate)) / rate
+        tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # -60 dB at rt60
+        tail *= 10 ** (-rng.uniform(3.0, 12.0) / 20) / (np.sqrt(np.sum(tail ** 2)) + 1e-12)
+        rir = np.concatenate([[1.0], tail[1:]])
+        size = 1 << int(np.ceil(np.log2(n + len(rir))))
+        wet = np.fft.irfft(np.fft.rfft(out, size) * np.fft.rfft(rir, size), size)[:n]
+        out = wet.astype(np.float32)
+    return out
+
+
 @dataclass(frozen=True)
 class Segment:
     """One clip placed on a mixed timeline. start/end: the steps it owns by the speech truth's rule (it covers
@@ -141,20 +162,22 @@ class Timeline:
 
 def make_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
                   step: int = 1600, hold: int = 2400, speech_share: float = 0.4,
-                  speech_gain_db: tuple[float, float] = (-30.0, -1.0)):
+                  speech_gain_db: tuple[float, float] = (-30.0, -1.0), speech_variation: float = 0.0):
     """(samples, activity per step, speech per step) of mix_timeline, for callers that need no segments."""
-    t = mix_timeline(clips, seconds, rng, rate, step, hold, speech_share, speech_gain_db)
+    t = mix_timeline(clips, seconds, rng, rate, step, hold, speech_share, speech_gain_db, speech_variation)
     return t.audio, t.activity, t.speech
 
 
 def mix_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, rate: int = 16000,
                  step: int = 1600, hold: int = 2400, speech_share: float = 0.4,
-                 speech_gain_db: tuple[float, float] = (-30.0, -1.0)) -> Timeline:
+                 speech_gain_db: tuple[float, float] = (-30.0, -1.0), speech_variation: float = 0.0) -> Timeline:
     """One stream-like timeline of about `seconds`, with its truth per step and the clips it placed.
 
     Each segment is speech with probability `speech_share`, else an event of a class drawn uniformly (so rare
     classes are not drowned by the many speech clips), at a peak level drawn from -30..-1 dBFS (speech: from
-    `speech_gain_db`; training teaches quieter speech than it is judged on). Segments never overlap.
+    `speech_gain_db`; training teaches quieter speech than it is judged on). Segments never overlap. A speech
+    clip is varied (`vary_speech`: pace, room) with probability `speech_variation` (training; the eval's
+    timelines are the clips as recorded).
     Step k's truth is the class active in the last `hold`
     samples before k * step (quiet when none), so short events still own the steps that first see them.
     """
@@ -178,6 +201,8 @@ def mix_timeline(clips: list[Clip], seconds: float, rng: np.random.Generator, ra
         if len(a) > rate and rng.random() < 0.3:  # a random cut point inside a long clip
             cut = rng.integers(0, len(a) - rate // 2)
             a = a[cut:]
+        if c.speech and speech_variation and rng.random() < speech_variation:
+            a = vary_speech(a, rng, rate)
         a = a[: n - pos]
         peak = np.max(np.abs(a)) + 1e-9
         level = rng.uniform(*(speech_gain_db if c.speech else (-30.0, -1.0)))
