@@ -711,7 +711,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--out is required: the folder to write the new model to (e.g. models/mine)")
         card = train_folder(args.data, args.out, arch=args.arch, seed=args.seed, epochs=args.epochs,
                             base=args.base, name=args.name, lookahead=args.lookahead, progress=_progress(),
-                            step_ms=args.step_ms, mirror=args.mirror)
+                            step_ms=args.step_ms, mirror=args.mirror, looks=args.looks)
     print(json.dumps(card, indent=2))
     return 0
 
@@ -1046,6 +1046,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mirror", choices=["auto", "on", "off"], default="auto",
                     help="teach mirrored copies of video recordings too (auto: unless two classes move "
                          "opposite ways, such as swipe left and swipe right)")
+    tr.add_argument("--looks", type=int, default=None,
+                    help="video recordings: also teach each as this many other cameras and lights would show it "
+                         "(scale, position, brightness, colour; default 8, 0 = as recorded only)")
     tr.add_argument("--step-ms", type=int, dest="step_ms", default=100,
                     help="the step the model is taught at, in ms (a multiple of 10 from 10 to 2000; recorded in "
                          "model.json, and replay and live then step at it)")

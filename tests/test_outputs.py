@@ -238,6 +238,8 @@ def test_train_checks_out_and_epochs_before_training(recordings, capsys, tmp_pat
     refused(capsys, "train", str(recordings), "--arch", "audio_lstm", "--out", str(recordings / "hum"),
             match="holds the recording")
     refused(capsys, "train", str(recordings), "--arch", "audio_lstm", "--out", str(recordings), match="dataset folder")
+    refused(capsys, "train", str(recordings), "--out", str(tmp_path / "m"), "--looks", "-1",
+            match="--looks -1: expected 0 to 32 other looks per recording")
     refused(capsys, "train", str(recordings), "--arch", "video_lstm", "--out", str(tmp_path / "m"),
             match="has no video, but --arch video_lstm needs video")
     refused(capsys, "train", str(recordings), "--arch", "audio_lstm", "--out",

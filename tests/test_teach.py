@@ -58,7 +58,7 @@ def test_video_model_from_two_recordings_per_class(tmp_path, video_dataset, monk
     monkeypatch.setenv("ACTSTREAM_CACHE", str(tmp_path / "cache"))
     data, held = video_dataset
     r = run_cli("train", str(data), "--arch", "video_lstm", "--out", str(tmp_path / "m"), "--epochs", "12",
-                timeout=300)
+                "--looks", "2", timeout=300)
     assert r.returncode == 0, r.stderr
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "Classes: [\"still\", \"sweep\"]" in card and "Split:" in card
@@ -71,7 +71,9 @@ def test_video_model_from_two_recordings_per_class(tmp_path, video_dataset, monk
         got = [m["label"] for m in labels_of(out)][10:]  # after the first second
         assert got.count(label) / len(got) >= 0.8, (label, got)
     # embeddings were cached: a second training run reads them instead of running the CNN again
-    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npz"))) == 8  # 4 recordings x (frames, flipped)
+    # 4 recordings x (as recorded, mirrored, 2 other looks)
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npz"))) == 16
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["card"]["other_looks"] == 2
     # the exported temporal model computes what the PyTorch one does
     _, temporal = load_torch_modules(spec)
     assert spec.dims == {"video": 1280, "flow": spec.flow.dim}  # appearance and motion, fused before the LSTM
@@ -82,6 +84,28 @@ def test_video_model_from_two_recordings_per_class(tmp_path, video_dataset, monk
     with torch.inference_mode():
         ref = temporal(*map(torch.from_numpy, (x["video"], x["flow"], h, h)))
     assert np.abs(onnx["activity"] - ref[0].numpy()).max() < 1e-5  # probabilities: ONNX equals PyTorch to 1e-5
+
+
+def test_another_look_moves_and_relights_the_scene_as_drawn():
+    """A look (training's other camera and light) scales the frame about its centre and shifts it by the
+    drawn amounts, and changes each colour channel by its gain and gamma: a bright square lands where the
+    geometry says, a grey patch takes the colour the curve says."""
+    from actstream.training.teach import look_of, new_look
+
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    frame[50:70, 100:120] = 255  # a 20 px square centred at (110, 60)
+    for k in (1, 2, 3):
+        look = look_of(k)
+        assert look == look_of(k) and 0.7 <= look["scale"] <= 1.15  # drawn once per k, within the ranges
+        out = new_look(frame, look)
+        ys, xs = np.nonzero(out[..., 1] >= 250 * min(1.0, look["gain"] * look["c1"]) - 2)
+        s = look["scale"]
+        assert xs.mean() == pytest.approx(s * (110 - 80) + 80 + look["dx"] * 160, abs=1.5)
+        assert ys.mean() == pytest.approx(s * (60 - 60) + 60 + look["dy"] * 120, abs=1.5)
+        for i in range(3):  # the grey far from the square
+            want = min(255.0, 255 * look["gain"] * look[f"c{i}"] * (128 / 255) ** look["gamma"])
+            assert abs(float(out[5, 5, i]) - want) <= 1.0
+    assert look_of(1) != look_of(2)
 
 
 def test_bilstm_serves_replay_with_its_delay_and_refuses_live(tmp_path, monkeypatch):
@@ -142,7 +166,7 @@ def test_hybrid_model_from_recordings_with_both_tracks(tmp_path, monkeypatch):
         for p in (1, 2):
             write_media(tmp_path / "ds" / label / f"p{p}_{label}.mp4", gen(50, p), tones(2.0, freq, p), 16000)
     r = run_cli("train", str(tmp_path / "ds"), "--arch", "hybrid", "--out", str(tmp_path / "hy"), "--epochs", "10",
-                timeout=300)
+                "--looks", "0", timeout=300)  # other looks: the video test above
     assert r.returncode == 0, r.stderr
     spec = load_spec(str(tmp_path / "hy"))
     assert spec.modalities == ("video", "audio") and spec.dims == {"video": 1280, "audio": 128, "flow": 402}
