@@ -776,8 +776,8 @@ def cmd_eval_teaching(args) -> int:
     if not isinstance(report, dict):
         raise ConfigError(f"--report {shown_path(report_path)}: is not a JSON object: name an eval report or a new "
                           f"file")
-    report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto) taught on some people of "
-                                      "../shared/data, judged on others by the majority of steps after 1 s",
+    report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto, 8 other looks) taught on some "
+                                      "people of ../shared/data, judged on others by the majority of steps after 1 s",
                           "seeds": seeds, **teaching_protocol(Path(args.data), seeds, epochs=args.epochs,
                                                               progress=_progress())}
     report_path.parent.mkdir(parents=True, exist_ok=True)
