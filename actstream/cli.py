@@ -766,6 +766,7 @@ def cmd_eval(args) -> int:
 
 def cmd_eval_teaching(args) -> int:
     from actstream.evaluation.video import teaching_protocol
+    from actstream.training.teach import LOOKS
 
     seeds = _seeds(args.seeds)
     if not Path(args.data, "manifests", "weizmann.csv").is_file():
@@ -776,8 +777,9 @@ def cmd_eval_teaching(args) -> int:
     if not isinstance(report, dict):
         raise ConfigError(f"--report {shown_path(report_path)}: is not a JSON object: name an eval report or a new "
                           f"file")
-    report["teaching"] = {"protocol": "actstream train (default arch, --mirror auto, 8 other looks) taught on some "
-                                      "people of ../shared/data, judged on others by the majority of steps after 1 s",
+    report["teaching"] = {"protocol": f"actstream train (default arch, --mirror auto, {LOOKS} other looks) taught on "
+                                      f"some people of ../shared/data, judged on others by the majority of steps after "
+                                      f"1 s",
                           "seeds": seeds, **teaching_protocol(Path(args.data), seeds, epochs=args.epochs,
                                                               progress=_progress())}
     report_path.parent.mkdir(parents=True, exist_ok=True)

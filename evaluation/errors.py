@@ -108,9 +108,10 @@ def edge_sensitivity(truth_speech: list[np.ndarray]) -> dict:
     runs, steps, late = [], [], []
     for ts in truth_speech:
         ts = np.asarray(ts).astype(np.int64)
-        runs.append(int(((ts == 1) & (np.r_[0, ts[:-1]] == 0)).sum()))
+        before = np.r_[0, ts[:-1]]  # each step's previous step: the truth one step late
+        runs.append(int(((ts == 1) & (before == 0)).sum()))
         steps.append(int(ts.sum()))
-        late.append(binary_f1(ts, np.r_[0, ts[:-1]])["f1"])
+        late.append(binary_f1(ts, before)["f1"])
     return {"speech_runs_per_timeline": runs, "speech_steps_per_timeline": steps,
             "one_step_late_f1_per_timeline": late}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -15,6 +16,18 @@ from actstream.views.demo import write_media
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ACTSTREAM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def labels_of(path: Path, topic: str = "activity") -> list[dict]:
+    """The messages of one topic in a labels file (`--out`: a JSON object a line)."""
+    return [m for m in map(json.loads, path.read_text().splitlines()) if m["topic"] == topic]
+
+
+def assert_acts_like_replay(actions: list[str], theirs: list[str], label: str, slack: float = 0.1) -> None:
+    """A live or recorded run's action labels against a replay of its source: `label` is the most common in both,
+    and the run gives it at as large a share of its steps as the replay, within `slack`."""
+    assert max(set(theirs), key=theirs.count) == label == max(set(actions), key=actions.count), actions
+    assert actions.count(label) / len(actions) >= theirs.count(label) / len(theirs) - slack, (actions, theirs)
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from actstream.engines.onnxrt import OnnxRuntimeEngine
 from actstream.training.teach import read_dataset
 from actstream.views.demo import write_media
 from actstream.common.errors import ConfigError
-from tests.conftest import run_cli
+from tests.conftest import labels_of, run_cli
 
 
 def sweep(n, seed):
@@ -48,10 +48,6 @@ def tones(seconds, freq, seed):
     t = np.arange(int(seconds * 16000)) / 16000
     x = 0.3 * np.sin(2 * np.pi * freq * t) if freq else 0.3 * rng.standard_normal(len(t))
     return x.astype(np.float32)[:, None]
-
-
-def labels_of(path, topic="activity"):
-    return [m for m in map(json.loads, path.read_text().splitlines()) if m["topic"] == topic]
 
 
 def test_video_model_from_two_recordings_per_class(tmp_path, video_dataset, monkeypatch):

@@ -209,10 +209,9 @@ def new_look(frame: np.ndarray, look: dict[str, float]) -> np.ndarray:
     s = look["scale"]
     m = np.float32([[s, 0, (1 - s) * w / 2 + look["dx"] * w], [0, s, (1 - s) * h / 2 + look["dy"] * h]])
     moved = cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    x = np.arange(256, dtype=np.float32) / 255.0
-    luts = [np.clip(255.0 * look["gain"] * look[f"c{i}"] * x ** look["gamma"], 0, 255).astype(np.uint8)
-            for i in range(3)]
-    return np.dstack([cv2.LUT(moved[..., i], luts[i]) for i in range(3)])
+    x = np.arange(256, dtype=np.float32)[:, None, None] / 255.0
+    gains = np.float32([look["gain"] * look[f"c{i}"] for i in range(3)])
+    return cv2.LUT(moved, np.clip(255.0 * gains * x ** look["gamma"], 0, 255).astype(np.uint8))  # (256, 1, 3)
 
 
 def item_embeddings(item: Item, spec: ModelSpec, engines, flip: bool = False,
@@ -451,6 +450,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
                      lookahead=lookahead if arch == "bilstm" else 0, motion="video" in ARCHS[arch],
                      flow=FlowFeatures() if "video" in ARCHS[arch] else None, step_ms=step_ms,
                      folder=base_spec.folder)
+    looks = looks if spec.video is not None else 0  # a look is of the picture
     engines = open_engines(spec, "onnxruntime")
     for encoder in engines.encoders.values():  # the base model's encoders; its temporal network is not this one's
         encoder.load()
@@ -461,15 +461,13 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
             if progress:
                 progress("embeddings", n + 1, len(items))
         mirrored, mirror_why = choose_mirror(mirror, spec, items, [v[0] for v in embs])
-        for n, item in enumerate(items if mirrored else []):
-            embs[n].append(item_embeddings(item, spec, engines, flip=True))
+        # the other views of each recording, as (flip, look): mirrored, and the other looks (mirrored at every
+        # other look, where mirroring is taught)
+        views = [(True, 0)] * mirrored + [(mirrored and k % 2 == 0, k) for k in range(1, looks + 1)]
+        for n, item in enumerate(items if views else []):
+            embs[n] += [item_embeddings(item, spec, engines, flip=flip, look=look) for flip, look in views]
             if progress:
-                progress("mirrored embeddings", n + 1, len(items))
-        for n, item in enumerate(items if spec.video is not None and looks else []):
-            for k in range(1, looks + 1):  # mirrored at every other look, where mirroring is taught
-                embs[n].append(item_embeddings(item, spec, engines, flip=mirrored and k % 2 == 0, look=k))
-            if progress:
-                progress("other looks", n + 1, len(items))
+                progress("mirrored and other looks", n + 1, len(items))
     finally:
         engines.close()
     held = _split_groups(items, rng)
@@ -528,7 +526,7 @@ def train_folder(data: str | Path, out: str | Path, arch: str = "video_lstm", se
                       "validation_groups": sorted(held) or "none (too few groups per class: trained a fixed "
                                                            "number of epochs)"},
             "mirrored": mirror_why,
-            "other_looks": looks if spec.video is not None else 0,
+            "other_looks": looks,
             "metrics": metrics, "encoders": f"frozen: {'audio CNN of ' + base_spec.tag if uses_audio else ''}"
                                             f"{' + ' if uses_audio and spec.video else ''}"
                                             f"{'EfficientNet-Lite0 (ImageNet)' if spec.video else ''}",
